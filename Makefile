@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv if missing, then run the whole pipeline (dvc repro) on the embedded default
+#   make test   create .venv if missing, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export MLFLOW_ENABLE_TELEMETRY := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test test-fast lint airflow bench clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+run: $(BIN)/.installed
+	dvc repro
+
+test: $(BIN)/.installed
+	pytest -q --timeout=1500 $(PYTEST_ARGS)
+
+test-fast: $(BIN)/.installed
+	pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	ruff check medsql dags tests
+
+bench: $(BIN)/.installed
+	python -m medsql.bench
+
+clean:
+	rm -rf $(VENV) data models checkpoints mlruns mlflow.db mlartifacts airflow_home

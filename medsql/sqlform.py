@@ -1,0 +1,201 @@
+"""The shapes SQL takes in medsql: the dataset's SQL, its logic form, and a compact target form.
+
+MIMICSQL's SQL is generated from a structure (aggregation, selected columns, AND-ed conditions);
+the FROM clause follows from the set of tables the columns name. The compact form keeps only
+that structure, so a small model emits about a third of the tokens, and `compact_to_sql` expands
+it back into the dataset's exact SQL.
+
+    SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES
+    on DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "Mal neo ..."
+    <->  count_distinct demographic.subject_id where diagnoses.short_title = " mal neo ... "
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from medsql.schema import TABLE_ORDER, TABLES
+
+AGGREGATES = ("count_distinct", "count", "max", "min", "avg", "sum")
+OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
+COLUMN_TOKENS = [f"{t}.{c}".lower() for t, cols in TABLES.items() for c in cols]
+KEYWORD_TOKENS = ["where", "and", '"', ","] + list(AGGREGATES) + list(OPERATORS)
+
+_LITERAL = re.compile(r'(?<![.\w])"([^"]*)"')
+_SELECT = re.compile(r"^\s*SELECT\s+(?P<sel>.*?)\s+FROM\s+(?P<from>.*?)(?:\s+WHERE\s+(?P<where>.*))?\s*$",
+                     re.IGNORECASE | re.DOTALL)
+_AGG_ITEM = re.compile(r"^(?P<agg>\w+)\s*\(\s*(?P<distinct>DISTINCT\s+)?(?P<col>[^()]+?)\s*\)$", re.IGNORECASE)
+_COLUMN = re.compile(r'^(?P<table>\w+)\."?(?P<column>\w+)"?$')
+_CONDITION_IN_WHERE = re.compile(
+    r'(?P<col>\w+\."?\w+"?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>"[^"]*"|\'[^\']*\'|[^\s"\']+)')
+
+
+class FormError(ValueError):
+    """Text that is not in the form expected (SQL outside the dataset's grammar, bad compact form)."""
+
+
+def to_single_quotes(sql: str) -> str:
+    """Rewrite double-quoted string literals as single-quoted ones, leaving `T."COL"` identifiers.
+
+    SQLite builds without double-quoted-string support reject the dataset's `= "value"`.
+    """
+    return _LITERAL.sub(lambda m: "'" + m.group(1).replace("'", "''") + "'", sql)
+
+
+def logic_form(sql: str) -> str:
+    """TREQS's logic form for exact comparison: lower-cased, whitespace normalised."""
+    return " ".join(sql.lower().split())
+
+
+@dataclass(frozen=True)
+class Condition:
+    table: str
+    column: str
+    op: str
+    value: str
+
+
+@dataclass
+class Query:
+    """One query of the dataset's grammar."""
+
+    select: list[tuple[str | None, str, str]]  # (aggregate or None, table, column)
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def tables(self) -> list[str]:
+        named = {t for _, t, _ in self.select} | {c.table for c in self.conditions}
+        return [t for t in TABLE_ORDER if t in named]
+
+
+def _column(text: str) -> tuple[str, str]:
+    m = _COLUMN.match(text.strip())
+    if not m:
+        raise FormError(f"not a TABLE.COLUMN reference: {text!r}")
+    table, column = m["table"].upper(), m["column"].upper()
+    if table not in TABLES or column not in TABLES[table]:
+        raise FormError(f"unknown column {table}.{column}")
+    return table, column
+
+
+def parse_sql(sql: str) -> Query:
+    """Parse SQL of the dataset's grammar into a Query (FormError when outside it)."""
+    m = _SELECT.match(sql)
+    if not m:
+        raise FormError(f"not SELECT ... FROM ... [WHERE ...]: {sql!r}")
+    select = []
+    for item in m["sel"].split(","):
+        item = item.strip()
+        agg = _AGG_ITEM.match(item)
+        if agg:
+            name = agg["agg"].lower()
+            if agg["distinct"]:
+                name += "_distinct"
+            if name not in AGGREGATES:
+                raise FormError(f"unknown aggregate {name!r}")
+            select.append((name, *_column(agg["col"])))
+        else:
+            select.append((None, *_column(item)))
+    conditions = []
+    if m["where"]:
+        where = m["where"].strip()
+        pos = 0
+        for i, c in enumerate(_CONDITION_IN_WHERE.finditer(where)):
+            gap = where[pos:c.start()].strip()
+            if gap.upper() != ("AND" if i else ""):
+                raise FormError(f"condition outside the grammar near {where[pos:c.end()]!r}")
+            value = c["value"]
+            if value[0] in "\"'":
+                value = value[1:-1]
+            conditions.append(Condition(*_column(c["col"]), c["op"], value))
+            pos = c.end()
+        if not conditions or where[pos:].strip():
+            raise FormError(f"condition outside the grammar: {where[pos:]!r}")
+    query = Query(select, conditions)
+    if render_sql(query).split() != sql.split():
+        # The FROM clause (or spacing of the select) is not the one the tables imply.
+        expected_from = _from_clause(query.tables)
+        if " ".join(m["from"].split()).lower() != expected_from.lower():
+            raise FormError(f"FROM clause {m['from']!r} is not the join the tables imply")
+    return query
+
+
+def _from_clause(tables: list[str]) -> str:
+    base, *others = tables
+    return " ".join([base] + [f"INNER JOIN {t} on {base}.HADM_ID = {t}.HADM_ID" for t in others])
+
+
+def render_sql(query: Query) -> str:
+    """The dataset's SQL for a Query (double-quoted literals, as MIMICSQL writes them)."""
+    items = []
+    for agg, table, column in query.select:
+        ref = f'{table}."{column}"'
+        if agg is None:
+            items.append(ref)
+        elif agg.endswith("_distinct"):
+            items.append(f"{agg.split('_')[0].upper()} ( DISTINCT {ref} )")
+        else:
+            items.append(f"{agg.upper()} ( {ref} )")
+    sql = f"SELECT {','.join(items)} FROM {_from_clause(query.tables)}"
+    if query.conditions:
+        sql += " WHERE " + " AND ".join(
+            f'{c.table}."{c.column}" {c.op} "{c.value}"' for c in query.conditions
+        )
+    return sql
+
+
+def to_compact(query: Query) -> str:
+    items = []
+    for agg, table, column in query.select:
+        ref = f"{table}.{column}".lower()
+        items.append(f"{agg} {ref}" if agg else ref)
+    text = " , ".join(items)
+    if query.conditions:
+        text += " where " + " and ".join(
+            f'{c.table}.{c.column}'.lower() + f' {c.op} " {c.value.lower()} "' for c in query.conditions
+        )
+    return text
+
+
+def sql_to_compact(sql: str) -> str:
+    return to_compact(parse_sql(sql))
+
+
+_COMPACT_CONDITION = re.compile(r'^(?P<col>\w+\.\w+)\s*(?P<op><=|>=|!=|=|<|>)\s*"(?P<value>[^"]*)"$')
+
+
+def parse_compact(text: str) -> Query:
+    """Parse the compact form (FormError on anything malformed: a model may emit it)."""
+    text = " ".join(text.split())
+    head, _, where = text.partition(" where ")
+    select = []
+    for item in head.split(" , "):
+        words = item.split()
+        if len(words) == 2 and words[0] in AGGREGATES:
+            select.append((words[0], *_column(words[1])))
+        elif len(words) == 1:
+            select.append((None, *_column(words[0])))
+        else:
+            raise FormError(f"bad select item {item!r}")
+    conditions = []
+    if where:
+        # Split on ` and ` only outside quotes: values may contain "and".
+        parts, buf, quoted = [], [], False
+        for word in where.split(" "):
+            if word == '"':
+                quoted = not quoted
+            if word == "and" and not quoted:
+                parts.append(" ".join(buf))
+                buf = []
+            else:
+                buf.append(word)
+        parts.append(" ".join(buf))
+        for part in parts:
+            c = _COMPACT_CONDITION.match(part.strip())
+            if not c:
+                raise FormError(f"bad condition {part!r}")
+            conditions.append(Condition(*_column(c["col"]), c["op"], c["value"].strip()))
+    if not select:
+        raise FormError("nothing selected")
+    return Query(select, conditions)
