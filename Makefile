@@ -33,6 +33,10 @@ test-fast: $(BIN)/.installed
 lint: $(BIN)/.installed
 	ruff check medsql dags tests
 
+# Airflow standalone on 127.0.0.1:8080 with the medsql DAG; prints how to log in (AIRFLOW_PORT=... to move it).
+airflow: $(BIN)/.installed
+	scripts/airflow_standalone.sh
+
 bench: $(BIN)/.installed
 	python -m medsql.bench
 

@@ -1,0 +1,178 @@
+// The demo page: reads /api/info and /api/cases, posts questions to /api/ask, renders the answers.
+// All text from the server goes in through textContent, never as HTML.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, className, ...children) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+const ms = (value) => (value === null || value === undefined ? "n/a" : `${value.toFixed(1)} ms`);
+
+async function getJSON(url, options) {
+  const response = await fetch(url, options);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    throw new Error(`${url}: HTTP ${response.status} (no JSON)`);
+  }
+  if (!response.ok) throw new Error(body.error || `${url}: HTTP ${response.status}`);
+  return body;
+}
+
+function showMessage(text) {
+  const message = $("#message");
+  message.textContent = text || "";
+  message.hidden = !text;
+}
+
+function resultsTable(execution) {
+  const table = el("table", "results");
+  const shown = execution.rows.length;
+  table.append(el("caption", null, rowsText(execution) + (shown < execution.row_count ? `, first ${shown} shown` : "")));
+  const head = el("tr");
+  for (const column of execution.columns) head.append(el("th", null, column));
+  table.append(el("thead", null, head));
+  const body = el("tbody");
+  for (const row of execution.rows) {
+    const tr = el("tr");
+    for (const value of row) tr.append(el("td", value === null ? "null" : null, value === null ? "NULL" : String(value)));
+    body.append(tr);
+  }
+  table.append(body);
+  return el("div", "table-wrap", table);
+}
+
+function errorPanel(title, detail) {
+  return el("div", "error-panel", el("strong", null, title), el("p", null, detail));
+}
+
+function matchBadges(match) {
+  const box = el("div", "match");
+  const verdicts = [["exact", "exact"], ["logic_form", "logic form"], ["execution", "execution (suite)"]];
+  for (const [key, label] of verdicts) {
+    const value = match[key];
+    const state = value === true ? "yes" : value === false ? "no" : "na";
+    const mark = value === true ? "✓" : value === false ? "✗" : "–";
+    const badge = el("span", `badge ${state}`, `${mark} ${label}`);
+    badge.title = value === null ? "not checked (see the note at the bottom)" : `${label}: ${value ? "matches" : "differs from"} the gold SQL`;
+    box.append(badge);
+  }
+  return box;
+}
+
+function renderPanel(answer) {
+  const panel = $(`#panel-${answer.role}`);
+  panel.replaceChildren();
+  const title = answer.role === "baseline" ? "Baseline" : "Champion";
+  panel.append(el("h2", null, title, " ", el("span", "meta", answer.model || "unavailable")));
+
+  const timings = el("div", "timings");
+  timings.append(el("span", null, `generation ${ms(answer.generation_ms)}`));
+  if (answer.execution) {
+    timings.append(el("span", null, `execution ${ms(answer.execution.elapsed_ms)}`));
+    if (answer.execution.ok) timings.append(el("span", null, rowsText(answer.execution)));
+  }
+  panel.append(timings);
+  if (answer.match) panel.append(matchBadges(answer.match));
+  if (answer.pretty !== null) panel.append(el("pre", "sql", answer.pretty));
+
+  if (answer.error) {
+    panel.append(errorPanel("Model error", answer.error));
+  } else if (answer.execution && !answer.execution.ok) {
+    const kind = answer.execution.error_kind ? ` (${answer.execution.error_kind})` : "";
+    panel.append(errorPanel(`Query not run${kind}`, answer.execution.error || "unknown error"));
+  } else if (answer.execution) {
+    panel.append(resultsTable(answer.execution));
+  }
+  panel.hidden = false;
+}
+
+function rowsText(execution) {
+  return `${execution.row_count}${execution.truncated ? "+" : ""} row${execution.row_count === 1 ? "" : "s"}`;
+}
+
+function resultSummary(execution) {
+  if (!execution.ok) return `does not run here: ${execution.error}`;
+  if (execution.row_count === 1 && execution.columns.length === 1) return `result ${execution.rows[0][0]}`;
+  return rowsText(execution);
+}
+
+function renderGold(gold) {
+  const section = $("#gold");
+  if (!gold) {
+    section.hidden = true;
+    return;
+  }
+  const parts = ["from the dataset", gold.variant, gold.key, resultSummary(gold.execution)];
+  $("#gold-meta").textContent = parts.filter(Boolean).join(" · ");
+  $("#gold-sql").textContent = gold.pretty;
+  section.hidden = false;
+}
+
+async function ask(question) {
+  const button = $("#submit");
+  button.disabled = true;
+  button.textContent = "Asking…";
+  document.body.dataset.state = "loading";
+  showMessage("");
+  try {
+    const result = await getJSON("/api/ask", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ question }),
+    });
+    renderGold(result.gold);
+    for (const answer of result.answers) renderPanel(answer);
+    document.body.dataset.state = "answered";
+  } catch (error) {
+    showMessage(error.message);
+    document.body.dataset.state = "refused";
+  } finally {
+    button.disabled = false;
+    button.textContent = "Ask";
+  }
+}
+
+function updateCount() {
+  $("#count").textContent = $("#question").value.length;
+}
+
+async function init() {
+  const input = $("#question");
+  input.addEventListener("input", updateCount);
+  $("#ask-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    ask(input.value);
+  });
+  try {
+    const [info, cases] = await Promise.all([getJSON("/api/info"), getJSON("/api/cases")]);
+    $("#limit").textContent = info.max_question_chars;
+    $("#models").textContent =
+      `baseline: ${info.models.baseline || "unavailable"} · champion: ${info.models.champion || "unavailable"}` +
+      ` · database: ${info.database}`;
+    $("#notes").replaceChildren(...info.notes.map((note) => el("p", null, note)));
+    for (const item of cases.cases) {
+      const button = el("button", `case ${item.source}`, item.label);
+      button.type = "button";
+      button.title = item.question;
+      button.addEventListener("click", () => {
+        input.value = item.question;
+        updateCount();
+        ask(item.question);
+      });
+      $("#cases").append(button);
+    }
+    document.body.dataset.state = "ready";
+  } catch (error) {
+    showMessage(`Could not reach the demo API: ${error.message}`);
+    document.body.dataset.state = "refused";
+  }
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,218 @@
+"""Value recovery, as TREQS's "recover": snap each predicted condition literal to a value that exists.
+
+A model often gets the structure right but a literal slightly wrong (lower-cased, misspelt,
+truncated). Recovery replaces each condition literal with the closest value present for that
+column:
+
+- exact (case-sensitive) hit: kept;
+- case-insensitive hit: the stored casing (the training split's casing first, then the database's);
+- otherwise, for free-text columns only, the best fuzzy match (rapidfuzz ratio on normalised
+  strings) at or above a threshold; below it the literal is left alone.
+
+Codes and identifiers (ICD9_CODE, ITEMID, SUBJECT_ID, NAME, ...) get only the casing fix: a
+fuzzy match would swap one real code or patient for another. Numbers and dates are left alone.
+The dataset writes procedure codes without the dictionary's zero padding ("40", not "0040"), so
+padding a predicted code would move it away from the gold query: codes are not padded.
+
+Where values come from matters: the test-suite databases hold synthetic rows built from the
+evaluation queries, so looking values up there would leak the answers. The index reads only the
+real demo tables and the full code dictionaries of data/mimicsql.db, plus the literals of the
+training split's own gold SQL.
+
+Importable without MLflow or the trainer: the Predictor may use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rapidfuzz import fuzz, process, utils
+
+from medsql.schema import TABLES
+from medsql.sqlform import Condition, FormError, Query, parse_sql, render_sql
+from medsql.util import read_jsonl
+
+_WHERE = re.compile(r"\bWHERE\b", re.IGNORECASE)
+# One condition of the dataset's grammar, as medsql.sqlform reads it.
+_CONDITION = re.compile(
+    r'(?P<col>\w+\."?\w+"?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>"[^"]*"|\'[^\']*\'|[^\s"\']+)')
+
+# Columns whose values are free text: casing fix, then fuzzy match.
+FUZZY_COLUMNS: dict[str, set[str]] = {
+    "DEMOGRAPHIC": {"MARITAL_STATUS", "GENDER", "LANGUAGE", "RELIGION", "ADMISSION_TYPE", "INSURANCE",
+                    "ETHNICITY", "ADMISSION_LOCATION", "DISCHARGE_LOCATION", "DIAGNOSIS"},
+    "DIAGNOSES": {"SHORT_TITLE", "LONG_TITLE"},
+    "PROCEDURES": {"SHORT_TITLE", "LONG_TITLE"},
+    "PRESCRIPTIONS": {"DRUG_TYPE", "DRUG", "ROUTE"},
+    "LAB": {"FLAG", "LABEL", "FLUID", "CATEGORY"},
+}
+# Codes, identifiers, names and amounts: only the stored casing of an exact case-insensitive hit.
+CASE_ONLY_COLUMNS: dict[str, set[str]] = {
+    "DEMOGRAPHIC": {"NAME"},
+    "DIAGNOSES": {"ICD9_CODE"},
+    "PROCEDURES": {"ICD9_CODE"},
+    "PRESCRIPTIONS": {"FORMULARY_DRUG_CD", "DRUG_DOSE"},
+    "LAB": {"ITEMID", "VALUE_UNIT"},
+}
+# Full code dictionaries in the database: (dictionary table, its column) per MIMICSQL column.
+DICTIONARIES: dict[tuple[str, str], tuple[str, str]] = {
+    ("DIAGNOSES", "ICD9_CODE"): ("D_ICD_DIAGNOSES", "ICD9_CODE"),
+    ("DIAGNOSES", "SHORT_TITLE"): ("D_ICD_DIAGNOSES", "SHORT_TITLE"),
+    ("DIAGNOSES", "LONG_TITLE"): ("D_ICD_DIAGNOSES", "LONG_TITLE"),
+    ("PROCEDURES", "ICD9_CODE"): ("D_ICD_PROCEDURES", "ICD9_CODE"),
+    ("PROCEDURES", "SHORT_TITLE"): ("D_ICD_PROCEDURES", "SHORT_TITLE"),
+    ("PROCEDURES", "LONG_TITLE"): ("D_ICD_PROCEDURES", "LONG_TITLE"),
+    ("LAB", "ITEMID"): ("D_LABITEMS", "ITEMID"),
+    ("LAB", "LABEL"): ("D_LABITEMS", "LABEL"),
+    ("LAB", "FLUID"): ("D_LABITEMS", "FLUID"),
+    ("LAB", "CATEGORY"): ("D_LABITEMS", "CATEGORY"),
+}
+
+
+def recoverable(table: str, column: str) -> str | None:
+    """'fuzzy', 'case' or None (left alone) for a MIMICSQL column."""
+    if column in FUZZY_COLUMNS.get(table, set()):
+        return "fuzzy"
+    if column in CASE_ONLY_COLUMNS.get(table, set()):
+        return "case"
+    return None
+
+
+@dataclass
+class _ColumnValues:
+    exact: set[str]                 # every value as stored ("BLOOD" and "Blood" both)
+    by_lower: dict[str, str]        # lower-cased value -> preferred stored casing
+    choices: list[str]              # preferred casings, one per distinct lower-cased value
+    processed: list[str]            # rapidfuzz-normalised form of each choice
+
+
+class ValueIndex:
+    """The values each text column may hold, from the demo database and the training split."""
+
+    def __init__(self, counts: dict[tuple[str, str], tuple[Counter, Counter]], threshold: float = 85.0):
+        """`counts`: (table, column) -> (training-literal counts, database counts) of each value."""
+        self.threshold = threshold
+        self._columns: dict[tuple[str, str], _ColumnValues] = {}
+        for key, (train_counts, db_counts) in counts.items():
+            casings: dict[str, list[str]] = defaultdict(list)
+            for value in set(train_counts) | set(db_counts):
+                if '"' not in value and "'" not in value:  # not writable as the dataset's literal
+                    casings[value.lower()].append(value)
+            # The gold SQL's casing (training literals) wins over the database's; then frequency.
+            by_lower = {low: max(vals, key=lambda v: (train_counts[v], db_counts[v], v))
+                        for low, vals in casings.items()}
+            choices = sorted(by_lower.values())
+            processed = [utils.default_process(c) for c in choices]
+            exact = set(train_counts) | set(db_counts)
+            self._columns[key] = _ColumnValues(exact, by_lower, choices, processed)
+
+    @classmethod
+    def build(cls, db_path: str | os.PathLike, train_split_path: str | os.PathLike | None = None,
+              threshold: float = 85.0) -> ValueIndex:
+        """Index the real demo tables + dictionaries of `db_path` and the training split's literals.
+
+        Never pass a test-suite database here: its synthetic rows come from evaluation queries.
+        """
+        db_path = Path(db_path)
+        if not db_path.is_file():
+            raise FileNotFoundError(f"value index: database {db_path} not found; run `dvc repro build_db`")
+        counts: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+            tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            present = {r[0].upper() for r in tables}
+            for table, columns in TABLES.items():
+                for column in columns:
+                    if recoverable(table, column) is None:
+                        continue
+                    db_counts: Counter = Counter()
+                    sources = [(table, column)] + ([DICTIONARIES[(table, column)]]
+                                                   if (table, column) in DICTIONARIES else [])
+                    for source_table, source_column in sources:
+                        if source_table not in present:
+                            if source_table == table:
+                                raise ValueError(f"value index: {db_path} has no table {table}")
+                            continue  # a dictionary the database lacks: the demo rows still count
+                        rows = conn.execute(
+                            f'SELECT "{source_column}", COUNT(*) FROM "{source_table}" '
+                            f'WHERE "{source_column}" IS NOT NULL GROUP BY "{source_column}"')
+                        for value, n in rows:
+                            db_counts[str(value)] += n
+                    counts[(table, column)] = (Counter(), db_counts)
+        if train_split_path is not None:
+            for query in _training_queries(Path(train_split_path)):
+                for cond in query.conditions:
+                    if (cond.table, cond.column) in counts:
+                        counts[(cond.table, cond.column)][0][cond.value] += 1
+        return cls(counts, threshold)
+
+    def values(self, table: str, column: str) -> list[str]:
+        entry = self._columns.get((table, column))
+        return list(entry.choices) if entry else []
+
+    def recover_value(self, table: str, column: str, value: str) -> str:
+        """The value recovery gives one literal of TABLE.COLUMN (unchanged when nothing fits)."""
+        kind = recoverable(table, column)
+        entry = self._columns.get((table, column))
+        if kind is None or entry is None:
+            return value
+        if value in entry.exact:
+            return value
+        stored = entry.by_lower.get(value.lower())
+        if stored is not None:
+            return stored
+        if kind != "fuzzy" or not entry.choices:
+            return value
+        best = process.extractOne(utils.default_process(value), entry.processed, scorer=fuzz.ratio,
+                                  processor=None, score_cutoff=self.threshold)
+        return entry.choices[best[2]] if best else value
+
+    def recover_query(self, query: Query) -> Query:
+        conditions = [Condition(c.table, c.column, c.op, self.recover_value(c.table, c.column, c.value))
+                      for c in query.conditions]
+        return Query(query.select, conditions)
+
+    def recover(self, sql: str) -> str:
+        """SQL with its condition literals recovered; SQL outside the dataset's grammar is returned as is.
+
+        Only the literals change: the rest of the prediction is kept character for character, so
+        recovery never improves a metric by reformatting the query.
+        """
+        try:
+            query = parse_sql(sql)
+        except FormError:
+            return sql
+        recovered = self.recover_query(query)
+        if recovered.conditions == query.conditions:
+            return sql
+        where = _WHERE.search(sql)
+        assert where is not None  # parse_sql found conditions, so there is a WHERE
+        matches = list(_CONDITION.finditer(sql, where.end()))
+        if len(matches) != len(query.conditions):  # cannot happen for parse_sql's grammar
+            return render_sql(recovered)
+        pieces, last = [], 0
+        for match, cond in zip(matches, recovered.conditions, strict=True):
+            quote = match["value"][0] if match["value"][0] in "\"'" else '"'
+            pieces += [sql[last:match.start("value")], quote + cond.value + quote]
+            last = match.end("value")
+        return "".join(pieces) + sql[last:]
+
+
+def _training_queries(path: Path) -> list[Query]:
+    """Gold queries of the training split (rows outside the dataset's grammar are skipped)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"value index: training split {path} not found; run `dvc repro preprocess`")
+    queries = []
+    for line_no, record in enumerate(read_jsonl(path), start=1):
+        sql = record.get("sql") or record.get("target")
+        if not isinstance(sql, str):
+            raise ValueError(f"{path}:{line_no}: field 'sql' missing or not a string")
+        try:
+            queries.append(parse_sql(sql))
+        except FormError:
+            continue  # other sources' SQL may lie outside the grammar: it has no literals to learn from
+    return queries

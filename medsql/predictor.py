@@ -1,0 +1,172 @@
+"""The one way medsql turns questions into SQL: load a trained model, generate, decode.
+
+Every consumer (training metrics, `medsql ask`, evaluation, the MLflow pyfunc, the demo page)
+goes through `Predictor`, so a model answers the same wherever it is asked.
+
+A model folder (what the train stage writes) holds the Hugging Face model and tokenizer plus
+`medsql.json` (how to build inputs and read outputs) and, for the compact target form,
+`values.json` (the literal values it may restore the casing of).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlparse
+
+from medsql import paths
+from medsql.preprocess import model_input, normalise_question
+from medsql.sqlform import FormError, Query, parse_compact, render_sql
+
+MAX_QUESTION_CHARS = 500
+
+
+class PredictorError(RuntimeError):
+    """A model that cannot be loaded or a question that cannot be asked (message says which)."""
+
+
+def restore_case(query: Query, values: dict[str, dict[str, str]]) -> Query:
+    """Give each condition literal the casing it has in the data (the compact form is lower-case).
+
+    `values` maps "TABLE.COLUMN" -> {lower-cased value: value as stored}. Literals not found
+    there keep their column's most common casing pattern (upper, title or lower).
+    """
+    conditions = []
+    for cond in query.conditions:
+        column = f"{cond.table}.{cond.column}"
+        known = values.get(column, {})
+        value = known.get(cond.value.lower())
+        if value is None:
+            style = known.get("\0style", "lower")
+            value = {"upper": cond.value.upper(), "capitalize": cond.value.capitalize()}.get(style, cond.value)
+        conditions.append(type(cond)(cond.table, cond.column, cond.op, value))
+    return Query(query.select, conditions)
+
+
+class Predictor:
+    """A trained model folder, ready to answer questions with SQL in the dataset's form."""
+
+    def __init__(self, model_dir: str | os.PathLike, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        meta_path = model_dir / "medsql.json"
+        if not meta_path.is_file():
+            raise PredictorError(f"{model_dir}: not a medsql model folder (no medsql.json); "
+                                 "train one with `dvc repro train`")
+        self.model_dir = model_dir
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.name = self.meta.get("name", model_dir.name)
+        values_path = model_dir / "values.json"
+        self.values = json.loads(values_path.read_text()) if values_path.is_file() else {}
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(self.device).eval()
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str = "latest") -> Predictor:
+        """'latest' (models/medsql), 'champion'/'challenger' (registry alias), a folder, or a URI."""
+        if model == "latest":
+            if not (paths.MODEL / "medsql.json").is_file():
+                raise PredictorError(f"no trained model at {paths.MODEL}; run `dvc repro train` first")
+            return cls(paths.MODEL)
+        if model in ("champion", "challenger"):
+            from medsql.util import load_params
+
+            name = load_params().get("register", {}).get("model_name", "medsql")
+            model = f"models:/{name}@{model}"
+        if "://" in model or model.startswith(("models:/", "runs:/")):
+            return cls(_download_model_dir(model))
+        if not Path(model).exists():
+            raise PredictorError(f"model path {model!r} does not exist")
+        return cls(model)
+
+    @classmethod
+    def baseline(cls, model_dir: str | os.PathLike | None = None) -> Predictor:
+        """The trained model's base, zero-shot: the pretrained checkpoint it was adapted from, or
+        for the embedded profile the same architecture at its initial (untrained) weights."""
+        base = Path(model_dir or paths.MODEL) / "baseline"
+        if not (base / "medsql.json").is_file():
+            raise PredictorError(f"no baseline at {base}; train a model with `dvc repro train` first")
+        return cls(base)
+
+    # ---- answering -----------------------------------------------------------------------
+    def model_inputs(self, questions: list[str]) -> list[str]:
+        texts = []
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise PredictorError("empty question: ask something, e.g. 'how many patients are over 65?'")
+            if len(q) > MAX_QUESTION_CHARS:
+                raise PredictorError(f"question too long ({len(q)} characters, at most {MAX_QUESTION_CHARS})")
+            question = normalise_question(q, self.meta.get("lowercase_questions", True))
+            texts.append(model_input(question, self.meta["task_prefix"], self.meta.get("schema_context", False)))
+        return texts
+
+    def generate(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
+        """Raw decoded model outputs (compact form or SQL, per the model's target form)."""
+        import torch
+
+        from medsql.modeling import decode_compact
+
+        beams = num_beams or self.meta.get("num_beams", 4)
+        texts = self.model_inputs(questions)
+        outputs: list[str] = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=self.meta.get("max_input_tokens", 128))
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    **batch.to(self.device), num_beams=beams,
+                    max_new_tokens=self.meta.get("max_target_tokens", 128),
+                )
+            for ids in generated.tolist():
+                if self.meta["target_form"] == "compact":
+                    outputs.append(decode_compact(self.tokenizer, ids))
+                else:
+                    outputs.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+        return outputs
+
+    def to_sql(self, output: str) -> str:
+        """A decoded output as SQL in the dataset's form (compact outputs are expanded)."""
+        if self.meta["target_form"] != "compact":
+            return output
+        try:
+            return render_sql(restore_case(parse_compact(output), self.values))
+        except FormError:
+            return output  # not expandable: return it as it came, so evaluation counts it wrong
+
+    def predict(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
+        return [self.to_sql(o) for o in self.generate(questions, num_beams, batch_size)]
+
+    def timed_predict(self, question: str, num_beams: int | None = None) -> tuple[str, float]:
+        start = time.perf_counter()
+        sql = self.predict([question], num_beams)[0]
+        return sql, (time.perf_counter() - start) * 1000
+
+    @staticmethod
+    def pretty(sql: str) -> str:
+        return sqlparse.format(sql, reindent=True, keyword_case="upper")
+
+
+def _download_model_dir(uri: str) -> Path:
+    """Fetch an MLflow pyfunc model logged by the train stage and return its model folder."""
+    import mlflow
+
+    from medsql import tracking
+
+    tracking.configure()
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as err:  # MLflow raises several types for missing models/aliases
+        raise PredictorError(f"cannot load {uri}: {err}") from err
+    found = sorted(local.rglob("medsql.json"))
+    found = [p for p in found if p.parent.name != "baseline"]
+    if not found:
+        raise PredictorError(f"{uri} holds no medsql model folder")
+    return found[0].parent

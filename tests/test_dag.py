@@ -1,0 +1,412 @@
+"""The Airflow DAG: it loads, its tasks, queues, pools and retries; run-time overrides; and (slow)
+whole runs with dag.test() and through Airflow standalone's REST API in a scratch copy of the project.
+
+Airflow reads its configuration when first imported, so everything Airflow runs in a subprocess
+with its own AIRFLOW_HOME (a tmp folder) and SQLite database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from medsql import overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STAGES = ["build_db", "ingest", "validate", "preprocess", "train", "build_suite", "evaluate",
+          "analyze_errors", "register"]
+# The lead's tiny parameter set (tiny model, a few steps, a small data slice), merged over params.yaml.
+TINY_PARAMS = Path(os.environ.get("MEDSQL_TINY_PARAMS", ROOT / "tests" / "params_tiny.yaml"))
+
+DUMP_DAG = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1], known_pools={"default_pool", "gpu"})
+out = {"import_errors": bag.import_errors, "warnings": {k: list(v) for k, v in bag.captured_warnings.items()},
+       "dags": sorted(bag.dags), "tasks": {}}
+dag = bag.dags.get("medsql_pipeline")
+if dag is not None:
+    out["max_active_runs"] = dag.max_active_runs
+    out["schedule"] = type(dag.timetable).__name__
+    for t in dag.tasks:
+        out["tasks"][t.task_id] = {
+            "queue": t.queue, "pool": t.pool, "pool_slots": t.pool_slots, "retries": t.retries,
+            "backoff": t.retry_exponential_backoff, "upstream": sorted(t.upstream_task_ids),
+            "is_setup": t.is_setup, "is_teardown": t.is_teardown, "trigger_rule": str(t.trigger_rule),
+            "command": t.bash_command, "cwd": t.cwd, "env": t.env, "type": type(t).__module__,
+        }
+print("DAGJSON" + json.dumps(out))
+"""
+
+
+def airflow_env(home: Path, dags: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    })
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MEDSQL_PARAMS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def dag_info(tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("airflow_home")
+    done = subprocess.run([sys.executable, "-c", DUMP_DAG, str(ROOT / "dags")], capture_output=True,
+                          text=True, env=airflow_env(home, ROOT / "dags"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("DAGJSON"))
+    return json.loads(line.removeprefix("DAGJSON"))
+
+
+def test_dag_folder_imports_cleanly(dag_info):
+    assert dag_info["import_errors"] == {}
+    assert dag_info["dags"] == ["medsql_pipeline"]  # examples off, nothing else in dags/
+    assert not [w for ws in dag_info["warnings"].values() for w in ws if "deprecat" in w.lower()]
+    assert dag_info["schedule"] == "NullTimetable"  # schedule=None: runs only when triggered
+    assert dag_info["max_active_runs"] == 1
+
+
+def test_each_stage_runs_its_dvc_stage_in_order(dag_info):
+    tasks = dag_info["tasks"]
+    assert set(tasks) == {*STAGES, "apply_overrides", "record_experiment", "restore_params"}
+    order = ["apply_overrides", *STAGES, "record_experiment"]
+    for before, after in zip(order, order[1:], strict=False):
+        assert tasks[after]["upstream"] == [before], after
+    dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        task = tasks[stage]
+        assert task["type"] == "airflow.providers.standard.operators.bash"
+        assert task["command"].startswith(f"dvc repro --single-item {stage}")
+        assert task["cwd"] == str(ROOT)
+        assert task["env"]["MEDSQL_OVERRIDES"] == "{{ dag_run.conf | tojson }}"
+        assert stage in dvc_stages, f"dvc.yaml has no stage {stage!r}"
+        assert dvc_stages[stage]["cmd"] == f"python -m medsql.{stage}"
+    # Overrides: applied by a setup task, always undone by a teardown, recorded after register.
+    assert tasks["apply_overrides"]["is_setup"] and tasks["restore_params"]["is_teardown"]
+    assert tasks["restore_params"]["trigger_rule"] == "all_done_setup_success"
+    assert sorted(tasks["restore_params"]["upstream"]) == ["apply_overrides", "record_experiment"]
+
+
+def test_training_goes_to_the_gpu_queue_and_pool(dag_info):
+    tasks = dag_info["tasks"]
+    train = tasks["train"]
+    assert (train["queue"], train["pool"], train["pool_slots"]) == ("gpu", "gpu", 1)
+    for task_id, task in tasks.items():
+        if task_id != "train":
+            assert (task["queue"], task["pool"]) == ("default", "default_pool"), task_id
+
+
+def test_retries_with_backoff_but_none_on_validation(dag_info):
+    tasks = dag_info["tasks"]
+    assert tasks["validate"]["retries"] == 0
+    validate = tasks["validate"]["command"]
+    assert "data docs" in validate and "reports/validation" in validate
+    for task_id in ("ingest", "train", "evaluate", "register"):
+        assert tasks[task_id]["retries"] >= 1, task_id
+        assert tasks[task_id]["backoff"] >= 2.0, task_id
+
+
+# --- run-time overrides (medsql.overrides) ---------------------------------------------------------
+
+PARAMS_TEXT = """\
+# top comment
+train:
+  epochs: 40          # kept comment
+  learning_rate: 0.002
+  train_variants: [template, natural]
+register:
+  model_name: medsql
+  margin: 0.01
+"""
+
+
+def test_overrides_become_dvc_set_params():
+    conf = {"train": {"epochs": 2, "train_variants": ["natural"]}, "register.margin": 0.5,
+            "ingest": {"hf_chat": {"path": "a b, c", "enabled": True}}}
+    assert overrides.flatten(conf) == {"train.epochs": 2, "train.train_variants": ["natural"],
+                                       "register.margin": 0.5, "ingest.hf_chat.path": "a b, c",
+                                       "ingest.hf_chat.enabled": True}
+    assert overrides.to_set_params(conf) == ['train.epochs=2', 'train.train_variants=["natural"]',
+                                             'register.margin=0.5', 'ingest.hf_chat.path="a b, c"',
+                                             'ingest.hf_chat.enabled=true']
+    assert overrides.to_set_params({}) == [] and overrides.to_set_params({"train": {}}) == []
+    assert overrides.experiment_name("manual__2026-11-21T11:39:00.123+00:00") == \
+        "airflow-manual__2026-11-21T11-39-00.123-00-00"
+
+
+def test_apply_then_restore_leaves_params_yaml_as_it_was(tmp_path):
+    params, backup = tmp_path / "params.yaml", tmp_path / ".dvc" / "tmp" / "backup"
+    params.write_text(PARAMS_TEXT)
+    applied = overrides.apply({"train": {"epochs": 2, "train_variants": ["natural"]}}, params, backup)
+    assert applied == ["train.epochs=2", 'train.train_variants=["natural"]']
+    changed = yaml.safe_load(params.read_text())
+    assert changed["train"]["epochs"] == 2 and changed["train"]["train_variants"] == ["natural"]
+    assert changed["train"]["learning_rate"] == 0.002 and "# kept comment" in params.read_text()
+    assert overrides.restore(params, backup) and params.read_text() == PARAMS_TEXT
+    assert not overrides.restore(params, backup)  # nothing left to restore
+
+    # A typo is an error naming the key, and params.yaml is not touched.
+    with pytest.raises(overrides.OverrideError, match="'epoch'.*under train"):
+        overrides.apply({"train": {"epoch": 2}}, params, backup)
+    assert params.read_text() == PARAMS_TEXT and not backup.exists()
+
+    # A run that died before its teardown: the next apply puts the kept file back first.
+    overrides.apply({"register": {"margin": 0.5}}, params, backup)
+    assert overrides.apply({}, params, backup) == [] and params.read_text() == PARAMS_TEXT
+
+
+def test_record_saves_a_dvc_experiment_and_an_mlflow_run(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "overrides-test")
+    git = ["git", "-c", "user.name=medsql test", "-c", "user.email=test@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    (repo / "params.yaml").write_text(PARAMS_TEXT)
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: python -c \"import yaml, json; "
+        "json.dump(yaml.safe_load(open('params.yaml'))['train'], open('metrics/train.json', 'w'))\"\n"
+        "    params: [train]\n"
+        "    metrics:\n      - metrics/train.json:\n          cache: false\n")
+    (repo / "metrics").mkdir()
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+    backup = repo / ".dvc" / "tmp" / "backup"
+
+    conf = {"train": {"epochs": 2}}
+    overrides.apply(conf, repo / "params.yaml", backup)
+    subprocess.run(["dvc", "repro", "--single-item", "train"], cwd=repo, check=True, capture_output=True)
+    name = overrides.record(conf, "manual__2026-01-01T00:00:00+00:00", root=repo)
+    overrides.restore(repo / "params.yaml", backup)
+
+    assert name == "airflow-manual__2026-01-01T00-00-00-00-00"
+    assert (repo / "params.yaml").read_text() == PARAMS_TEXT
+    assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=repo, capture_output=True,
+                          text=True).stdout == ""
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, check=True,
+                                      capture_output=True, text=True).stdout)
+    experiments = {exp["name"]: exp for baseline in shown for exp in (baseline.get("experiments") or [])}
+    revision = experiments[name]["revs"][0]["data"]
+    assert revision["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    assert revision["metrics"]["metrics/train.json"]["data"]["epochs"] == 2
+
+    runs = mlflow.search_runs(experiment_names=["overrides-test"], output_format="list")
+    assert len(runs) == 1
+    assert json.loads(runs[0].data.tags[overrides.OVERRIDES_TAG]) == conf
+    assert runs[0].data.tags[overrides.EXPERIMENT_TAG] == name
+    assert runs[0].data.params["train.epochs"] == "2"
+    assert overrides.record({}, "run", root=repo) is None
+
+
+# --- whole runs on the tiny parameter set (need every stage) -----------------------------------------
+
+def scratch_project(tmp_path: Path, params_update: dict | None = None) -> Path:
+    """A copy of the project's files in <tmp>/project, ../shared reachable, tiny params, its own git."""
+    project = tmp_path / "project"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.split("\0")
+    for relative in filter(None, listed):
+        source = ROOT / relative
+        if source.is_file():
+            (project / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, project / relative)
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    assert TINY_PARAMS.exists(), f"the tiny parameter set {TINY_PARAMS} is missing"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    merge(params, yaml.safe_load(TINY_PARAMS.read_text()) or {})
+    merge(params, params_update or {})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=medsql test", "-c", "user.email=test@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "scratch copy"], cwd=project, check=True)
+    return project
+
+
+def merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
+RUN_DAG_TEST = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.session import create_session
+from airflow.models.taskinstance import TaskInstance
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["medsql_pipeline"]
+run = dag.test(run_conf=json.loads(sys.argv[2]))
+with create_session() as session:
+    states = {ti.task_id: ti.state for ti in session.query(TaskInstance).filter(
+        TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == run.run_id)}
+print("RUNJSON" + json.dumps({"state": str(run.state), "tasks": {k: str(v) for k, v in states.items()}}))
+"""
+
+
+def run_dag_test(project: Path, home: Path, conf: dict) -> tuple[dict, str]:
+    env = airflow_env(home, project / "dags")
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(["airflow", "pools", "set", "gpu", "1", "training on the GPU"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", RUN_DAG_TEST, str(project / "dags"), json.dumps(conf)],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=1500)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RUNJSON")]
+    assert lines, (done.stdout[-5000:], done.stderr[-5000:])
+    return json.loads(lines[-1].removeprefix("RUNJSON")), done.stdout + done.stderr
+
+
+def registry_state(project: Path) -> tuple[list, object]:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = yaml.safe_load((project / "params.yaml").read_text())["register"]["model_name"]
+    versions = client.search_model_versions(f"name = '{name}'") if (project / "mlflow.db").exists() else []
+    champion = client.get_model_version_by_alias(name, "champion") if versions else None
+    return versions, champion
+
+
+@pytest.mark.slow
+def test_dag_test_runs_the_whole_pipeline_with_an_override(tmp_path):
+    project = scratch_project(tmp_path)
+    committed = (project / "params.yaml").read_text()
+    conf = {"register": {"margin": 0.25}}
+    result, log = run_dag_test(project, tmp_path / "airflow_home", conf)
+    assert result["state"] == "success", log[-8000:]
+    assert all(state == "success" for state in result["tasks"].values()), result
+
+    versions, champion = registry_state(project)
+    assert len(versions) == 1 and str(champion.version) == str(versions[0].version)
+    assert float(champion.tags["execution_accuracy"]) >= 0
+    assert champion.tags["data_version"].endswith(".dir") and len(champion.tags["git_commit"]) == 40
+    assert json.loads(champion.tags[overrides.OVERRIDES_TAG]) == conf
+    # The stage ran with the overridden margin, while params.yaml is back as committed.
+    assert json.loads((project / "metrics" / "register.json").read_text())["margin"] == 0.25
+    assert (project / "params.yaml").read_text() == committed
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(STAGES) <= set(lock["stages"])
+    assert lock["stages"]["register"]["params"]["params.yaml"]["register"]["margin"] == 0.25
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, check=True, capture_output=True,
+                           text=True, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    names = [exp["name"] for baseline in json.loads(shown.stdout)
+             for exp in (baseline.get("experiments") or [])]
+    assert any(name.startswith("airflow-") for name in names), names
+
+
+@pytest.mark.slow
+def test_corrupt_input_fails_the_run_at_validation(tmp_path):
+    # Every question of the input cut to 2 characters: well-formed JSONL that ingest accepts, data
+    # that the validation suite must reject (questions are 5 to 400 characters).
+    corrupt = tmp_path / "mimicsql"
+    for source in sorted((ROOT.parent / "shared" / "data" / "mimicsql").glob("*/*.jsonl")):
+        target = corrupt / source.parent.name / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with source.open() as lines, target.open("w") as out:
+            for line in lines:
+                record = json.loads(line)
+                record["question_refine"] = record["question_refine"][:2]
+                out.write(json.dumps(record) + "\n")
+    project = scratch_project(tmp_path, {"data": {"mimicsql_dir": str(corrupt)}})
+    committed = (project / "params.yaml").read_text()
+    result, log = run_dag_test(project, tmp_path / "airflow_home", {"register": {"margin": 0.25}})
+
+    assert result["state"] == "failed"
+    tasks = result["tasks"]
+    assert tasks["build_db"] == tasks["ingest"] == "success", tasks
+    assert tasks["validate"] == "failed", tasks
+    for stage in STAGES[STAGES.index("validate") + 1:] + ["record_experiment"]:
+        assert tasks[stage] == "upstream_failed", (stage, tasks)
+    assert tasks["restore_params"] == "success"
+    assert "Data validation failed: see the data docs report in" in log
+    assert registry_state(project)[0] == []
+    assert not (project / "metrics" / "register.json").exists()
+    assert (project / "params.yaml").read_text() == committed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(method: str, url: str, body: dict | None = None, token: str | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    prepared = urllib.request.Request(url, data, headers, method=method)
+    with urllib.request.urlopen(prepared, timeout=30) as reply:
+        return json.loads(reply.read() or b"{}")
+
+
+@pytest.mark.slow
+def test_standalone_rest_api_trigger_runs_to_success(tmp_path):
+    project = scratch_project(tmp_path)
+    port, home = free_port(), tmp_path / "airflow_home"
+    env = airflow_env(home, project / "dags")
+    env.update({"AIRFLOW_PORT": str(port)})
+    log = (tmp_path / "standalone.log").open("w")
+    server = subprocess.Popen(["bash", "scripts/airflow_standalone.sh"], cwd=project, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        password_file = home / "simple_auth_manager_passwords.json.generated"
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "standalone.log").read_text()[-5000:]
+            try:
+                if password_file.exists() and request("GET", f"{base}/api/v2/monitor/health"):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(2)
+        password = json.loads(password_file.read_text())["admin"]
+        login = {"username": "admin", "password": password}
+        token = request("POST", f"{base}/auth/token", login)["access_token"]
+        while time.monotonic() < deadline:  # the DAG processor parses dags/ shortly after start
+            try:
+                request("GET", f"{base}/api/v2/dags/medsql_pipeline", token=token)
+                break
+            except urllib.error.HTTPError:
+                time.sleep(2)
+        run = request("POST", f"{base}/api/v2/dags/medsql_pipeline/dagRuns",
+                      {"logical_date": None, "conf": {}}, token=token)
+        run_url = f"{base}/api/v2/dags/medsql_pipeline/dagRuns/{run['dag_run_id']}"
+        deadline = time.monotonic() + 1500
+        state = run["state"]
+        while state not in ("success", "failed") and time.monotonic() < deadline:
+            time.sleep(5)
+            state = request("GET", run_url, token=token)["state"]
+        assert state == "success", (tmp_path / "standalone.log").read_text()[-8000:]
+        versions, champion = registry_state(project)
+        assert champion is not None and len(versions) == 1
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+        log.close()

@@ -1,0 +1,232 @@
+"""The demo page driven in headless Chromium (Debian's /usr/bin/chromium through Playwright).
+
+`scripts/install_chromium.sh` installs Chromium (`.ci/run` calls it); without it these tests skip.
+
+The main case serves deterministic test models (test_demo_api's LookupModel: the champion
+answers the dataset's SQL for the dataset's questions) on a small database built here, so it can
+assert exact results. `test_real_models_answer_on_the_page` serves the real baseline and
+champion on a copy of data/mimicsql.db once the pipeline has built them; it writes the README's
+screenshot (reports/demo.png), which the main case writes only while no real model exists.
+The write case forces a non-SELECT with models that always emit one, as the issue asks, and
+checks the database bytes are unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# pytest puts tests/ on sys.path: the data and test models are shared with the API tests.
+from test_demo_api import (
+    DATASET,
+    FEMALE_UNDER_67,
+    PATIENTS,
+    LookupModel,
+    build_tiny_db,
+    gold_model,
+    sha256,
+    write_dataset,
+)
+
+from medsql import paths
+from medsql.demo.app import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = paths.REPORTS / "demo.png"
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} missing: run scripts/install_chromium.sh (apt-get install chromium)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def serve():
+    """Run an app with uvicorn in a background thread; yield its base URL."""
+    import uvicorn
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(app) -> str:
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A fresh page; the test fails if the page logs a JavaScript error or asks another host.
+
+    Chromium logs every HTTP 4xx as a console error; the API's refusals are expected ones.
+    """
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+    opened.on("console", lambda msg: msg.type == "error" and "status of 4" not in msg.text
+              and problems.append(f"console: {msg.text}"))
+    opened.on("request", lambda req: req.url.startswith("http://127.0.0.1:")
+              or req.url.startswith("data:") or problems.append(f"external request: {req.url}"))
+    yield opened
+    context.close()
+    assert not problems, problems
+
+
+def _real_models_built() -> bool:
+    return (paths.MODEL / "medsql.json").is_file() and paths.DB.is_file() and paths.INGESTED.is_file()
+
+
+def _wait_for_answer(page) -> None:
+    page.wait_for_selector("body[data-state=answered]", timeout=120_000)
+
+
+def _open(page, base: str) -> None:
+    started = time.monotonic()
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-state=ready]")
+    assert time.monotonic() - started < 1.0, "the page should be ready in well under a second"
+
+
+def _ask(page, question: str) -> None:
+    page.fill("#question", question)
+    page.click("#submit")
+    _wait_for_answer(page)
+
+
+def _screenshot(page) -> None:
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_question_shows_both_sql_panels_and_results(page, serve, tmp_path):
+    """Deterministic test models on the small database: the page's behaviour with known answers."""
+    db = build_tiny_db(tmp_path / "mimicsql.db")
+    before = sha256(db)
+    app = create_app(LookupModel("baseline (test model)"), gold_model(), db,
+                     write_dataset(tmp_path / "ingested.jsonl"), None)
+    _open(page, serve(app))
+    assert page.locator("button.case").count() >= 5
+    assert "Count patients with diabetes" in page.inner_text("#cases")
+
+    _ask(page, FEMALE_UNDER_67["question"])
+    for role in ("baseline", "champion"):
+        panel = page.locator(f"#panel-{role}")
+        assert panel.is_visible()
+        assert "SELECT" in panel.locator("pre.sql").inner_text()
+        assert "generation" in panel.locator(".timings").inner_text()
+        assert panel.locator("table.results").is_visible()
+    assert "FROM DEMOGRAPHIC" in page.inner_text("#gold-sql")
+    champion = page.locator("#panel-champion")
+    assert champion.locator("table.results td").all_inner_texts() == ["2"]  # women under 67
+    assert champion.locator(".badge.yes").count() == 2  # exact and logic form
+    assert page.locator("#panel-baseline table.results tbody tr").count() == len(PATIENTS)
+    if not _real_models_built():
+        _screenshot(page)
+
+    # A predefined case runs from its button.
+    page.click("button.case >> text=Average patient age")
+    _wait_for_answer(page)
+    assert page.input_value("#question") == "what is the average age of patients?"
+    assert page.locator("#gold").is_hidden()
+    assert sha256(db) == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _real_models_built(), reason="no trained model / database yet (dvc repro)")
+def test_real_models_answer_on_the_page(page, serve, tmp_path):
+    """The real baseline and champion (registry, else latest) on a copy of the real database.
+
+    Both SQL panels must appear, each with its results or an error panel: whether the SQL is
+    right is the evaluation's business; here the gold panel and match badges show it.
+    """
+    from medsql.demo.app import load_models
+
+    baseline, champion, notes = load_models()
+    db = tmp_path / "mimicsql.db"
+    shutil.copyfile(paths.DB, db)
+    before = sha256(db)
+    app = create_app(baseline, champion, db, paths.INGESTED, paths.SUITE,
+                     examples_path=paths.SPLITS / "test.jsonl", notes=notes)
+    _open(page, serve(app))
+    _ask(page, FEMALE_UNDER_67["question"])
+    for role in ("baseline", "champion"):
+        panel = page.locator(f"#panel-{role}")
+        assert panel.is_visible() and panel.locator("pre.sql").inner_text().strip()
+        assert panel.locator("table.results, .error-panel").count() == 1
+        assert panel.locator(".badge").count() == 3
+    assert page.locator("#gold").is_visible()
+    _screenshot(page)
+    assert sha256(db) == before
+
+
+def test_non_select_shows_error_panel_and_leaves_database_unchanged(page, serve, tmp_path):
+    db = build_tiny_db(tmp_path / "mimicsql.db")
+    before = sha256(db)
+    # Stub models that always emit a write: the only way to make a model produce one on demand.
+    app = create_app(LookupModel("deleter (stub)", default="DELETE FROM DEMOGRAPHIC"),
+                     LookupModel("dropper (stub)", default="DROP TABLE DEMOGRAPHIC"),
+                     db, write_dataset(tmp_path / "ingested.jsonl", DATASET), None)
+    page.goto(serve(app) + "/")
+    page.wait_for_selector("body[data-state=ready]")
+    page.fill("#question", "remove every patient record")
+    page.click("#submit")
+    _wait_for_answer(page)
+
+    for role, statement in (("baseline", "DELETE FROM DEMOGRAPHIC"), ("champion", "DROP TABLE DEMOGRAPHIC")):
+        panel = page.locator(f"#panel-{role}")
+        assert panel.locator("pre.sql").inner_text().split() == statement.split()
+        error = panel.locator(".error-panel")
+        assert error.is_visible() and "Query not run" in error.inner_text()
+        assert panel.locator("table.results").count() == 0
+    assert sha256(db) == before
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM DEMOGRAPHIC").fetchone()[0] == len(PATIENTS)
+
+
+def test_empty_question_is_refused_on_the_page(page, serve, tmp_path):
+    champion = gold_model()
+    app = create_app(None, champion, build_tiny_db(tmp_path / "mimicsql.db"), None, None)
+    page.goto(serve(app) + "/")
+    page.wait_for_selector("body[data-state=ready]")
+    page.fill("#question", "   ")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=refused]")
+    assert "empty" in page.inner_text("#message")
+    assert page.locator("#panel-champion").is_hidden() and champion.asked == []

@@ -1,0 +1,108 @@
+"""Value recovery on a tiny database and training split built here."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from medsql.evaluation.recovery import ValueIndex
+from medsql.schema import TABLES, column_type
+
+SQL = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
+       'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "{title}" '
+       'AND DEMOGRAPHIC."AGE" < "{age}"')
+
+
+@pytest.fixture
+def index_files(tmp_path):
+    db = tmp_path / "mimicsql.db"
+    conn = sqlite3.connect(db)
+    for table, columns in TABLES.items():
+        spec = ", ".join(f'"{c}" {column_type(table, c)}' for c in columns)
+        conn.execute(f'CREATE TABLE "{table}" ({spec})')
+    conn.execute('CREATE TABLE D_ICD_DIAGNOSES ("ROW_ID" TEXT, "ICD9_CODE" TEXT, "SHORT_TITLE" TEXT, '
+                 '"LONG_TITLE" TEXT)')
+    conn.executemany("INSERT INTO DIAGNOSES (SUBJECT_ID, HADM_ID, ICD9_CODE, SHORT_TITLE) "
+                     "VALUES (?, ?, ?, ?)",
+                     [("1", "10", "5770", "Acute pancreatitis"), ("2", "20", "4019", "Hypertension NOS")])
+    # In the dictionary only: no demo patient has it, a question still may name it.
+    conn.execute("INSERT INTO D_ICD_DIAGNOSES VALUES ('1', 'V5861', 'Long-term use anticoagul', 'Long-term')")
+    conn.executemany("INSERT INTO LAB (SUBJECT_ID, HADM_ID, FLUID) VALUES (?, ?, ?)",
+                     [("1", "10", "BLOOD"), ("1", "10", "Blood"), ("2", "20", "Blood")])
+    conn.execute("INSERT INTO DEMOGRAPHIC (SUBJECT_ID, HADM_ID, GENDER, AGE) VALUES ('1', '10', 'F', 50)")
+    conn.commit()
+    conn.close()
+    train = tmp_path / "train.jsonl"
+    rows = [{"key": "k1", "variant": "template", "question": "q",
+             "sql": SQL.format(title="Mal neo descend colon", age="45")},
+            {"key": "k2", "variant": "natural", "question": "q",
+             "sql": "SELECT something outside the grammar"}]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return db, train
+
+
+def test_mis_cased_and_misspelt_literals_are_fixed(index_files):
+    index = ValueIndex.build(*index_files)
+    assert index.recover(SQL.format(title="acute pancreatitis", age="45")) == SQL.format(
+        title="Acute pancreatitis", age="45")
+    assert index.recover(SQL.format(title="Acute pancreatits", age="45")) == SQL.format(
+        title="Acute pancreatitis", age="45")
+    # A training-split literal and a dictionary-only title are found too.
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "mal neo descnd colon") == "Mal neo descend colon"
+    dictionary_only = index.recover_value("DIAGNOSES", "SHORT_TITLE", "long-term use anticoagul")
+    assert dictionary_only == "Long-term use anticoagul"
+
+
+def test_exact_hits_and_far_values_are_left_alone(index_files):
+    index = ValueIndex.build(*index_files)
+    right = SQL.format(title="Acute pancreatitis", age="45")
+    assert index.recover(right) is right
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "Zebra fever") == "Zebra fever"
+    # Both casings exist: an exact one is kept, a third casing gets the most frequent one.
+    assert index.recover_value("LAB", "FLUID", "BLOOD") == "BLOOD"
+    assert index.recover_value("LAB", "FLUID", "blood") == "Blood"
+    # Numbers are never snapped; SQL outside the grammar comes back unchanged.
+    assert index.recover_value("DEMOGRAPHIC", "AGE", "4") == "4"
+    assert index.recover("SELECT garbage") == "SELECT garbage"
+
+
+def test_codes_get_their_casing_but_no_fuzzy_match(index_files):
+    index = ValueIndex.build(*index_files)
+    assert index.recover_value("DIAGNOSES", "ICD9_CODE", "v5861") == "V5861"
+    # 5771 is one digit from 5770, but another code is another diagnosis: left alone.
+    assert index.recover_value("DIAGNOSES", "ICD9_CODE", "5771") == "5771"
+
+
+def test_values_come_only_from_the_demo_tables_dictionaries_and_training_split(index_files, tmp_path):
+    db, train = index_files
+    index = ValueIndex.build(db, train)
+    # A test-only literal (as a suite database would hold it) is unknown to the index.
+    assert "Rare fever" not in index.values("DIAGNOSES", "SHORT_TITLE")
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "rare fever") == "rare fever"
+    assert set(index.values("DIAGNOSES", "SHORT_TITLE")) == {
+        "Acute pancreatitis", "Hypertension NOS", "Long-term use anticoagul", "Mal neo descend colon"}
+
+
+def test_threshold_and_missing_inputs(index_files, tmp_path):
+    db, train = index_files
+    strict = ValueIndex.build(db, train, threshold=99)
+    assert strict.recover_value("DIAGNOSES", "SHORT_TITLE", "Acute pancreatits") == "Acute pancreatits"
+    with pytest.raises(FileNotFoundError, match="nothere.db"):
+        ValueIndex.build(tmp_path / "nothere.db", train)
+    with pytest.raises(FileNotFoundError, match="train_missing"):
+        ValueIndex.build(db, tmp_path / "train_missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"key": "k"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'sql'"):
+        ValueIndex.build(db, bad)
+
+
+def test_only_the_literals_change(index_files):
+    index = ValueIndex.build(*index_files)
+    lower = SQL.format(title="acute pancreatitis", age="45").lower().replace("inner join", "INNER  JOIN")
+    recovered = index.recover(lower)
+    assert recovered == lower.replace('"acute pancreatitis"', '"Acute pancreatitis"')
+    single = SQL.format(title="X", age="45").replace('"X"', "'acute pancreatits'")
+    assert index.recover(single) == single.replace("'acute pancreatits'", "'Acute pancreatitis'")

@@ -1,0 +1,172 @@
+"""The registry gate, promotion and rollback against a real MLflow store (SQLite in a tmp folder).
+
+The registered artefacts are real pyfunc models (a PythonModel that answers one fixed SQL): the
+thing under test is the registry logic, which must not depend on what the model learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from medsql import register as register_stage
+from medsql.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION_TAG,
+    promote_command,
+    register_and_gate,
+)
+
+NAME = "medsql-test"
+MARGIN = 0.01
+
+
+class FixedSQL(mlflow.pyfunc.PythonModel):
+    def __init__(self, sql: str):
+        self.sql = sql
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
+        return [self.sql for _ in model_input["question"]]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment("registry-test", artifact_location=(tmp_path / "art").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def log_model(sql: str) -> tuple[str, str]:
+    """A real logged pyfunc model; returns (run_id, model_uri) as the train stage records them."""
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="model", python_model=FixedSQL(sql), pip_requirements=["mlflow"])
+    return run.info.run_id, f"runs:/{run.info.run_id}/model"
+
+
+def register(run: tuple[str, str], accuracy: float):
+    run_id, model_uri = run
+    metrics = {"execution_accuracy": accuracy, "logic_form_accuracy": accuracy - 0.1, "exact_match": 0.5,
+               "by_variant": {"natural": accuracy}}
+    return register_and_gate(model_uri, run_id, metrics, name=NAME, margin=MARGIN,
+                             tags={"data_version": "abc.dir", "git_commit": "deadbeef"})
+
+
+def champion(client: MlflowClient) -> str:
+    return str(client.get_model_version_by_alias(NAME, CHAMPION).version)
+
+
+def promote(version: int | None = None, rollback: bool = False, force: bool = False) -> int:
+    return promote_command(argparse.Namespace(version=version, rollback=rollback, force=force, name=NAME))
+
+
+def test_gate_promote_and_rollback(store, capsys):
+    first = register(log_model("SELECT 1"), 0.60)
+    assert (first.decision, first.version, first.champion_version) == ("promoted", 1, 1)
+    assert "no champion" in first.reason
+    version = store.get_model_version(NAME, "1")
+    assert version.tags["execution_accuracy"] == "0.6"
+    assert version.tags["by_variant.natural"] == "0.6"
+    assert (version.tags["data_version"], version.tags["git_commit"]) == ("abc.dir", "deadbeef")
+    assert set(version.aliases) == {CHAMPION, CHALLENGER}
+
+    # Better, but by less than the margin: it becomes challenger, champion stays, and says why.
+    close = register(log_model("SELECT 2"), 0.605)
+    assert (close.decision, close.version, close.champion_version) == ("kept", 2, 1)
+    assert "margin" in close.reason and "champion stays" in close.reason
+    assert champion(store) == "1"
+    assert str(store.get_model_version_by_alias(NAME, CHALLENGER).version) == "2"
+
+    # Clearly better: takes champion and remembers whom it replaced.
+    best_run = log_model("SELECT 3")
+    best = register(best_run, 0.70)
+    assert (best.decision, best.champion_version, best.previous_champion) == ("promoted", 3, 1)
+    assert store.get_model_version(NAME, "3").tags[PREVIOUS_CHAMPION_TAG] == "1"
+    # The same training run registered again reuses its version.
+    again = register(best_run, 0.70)
+    assert (again.version, again.decision) == (3, "already_champion")
+    assert len(store.search_model_versions(f"name = '{NAME}'")) == 3
+
+    # Whatever loads models:/<name>@champion gets version 3's model.
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
+    assert list(served.predict(pd.DataFrame({"question": ["how many patients?"]}))) == ["SELECT 3"]
+
+    # A person's promotion of a worse version is refused without --force ...
+    capsys.readouterr()
+    assert promote(version=2) == 1
+    assert "worse" in capsys.readouterr().err
+    assert champion(store) == "3"
+    # ... and done with it.
+    assert promote(version=2, force=True) == 0
+    assert champion(store) == "2"
+    assert store.get_model_version(NAME, "2").tags[PREVIOUS_CHAMPION_TAG] == "3"
+
+    # Rollback follows the chain of replaced champions: 2 -> 3 -> 1, then nothing left.
+    assert promote(rollback=True) == 0
+    assert champion(store) == "3"
+    assert promote(rollback=True) == 0
+    assert champion(store) == "1"
+    capsys.readouterr()
+    assert promote(rollback=True) == 2
+    assert "no previous champion" in capsys.readouterr().err
+    assert champion(store) == "1"
+
+    # A better version needs no --force; an unknown one is an error.
+    assert promote(version=3) == 0
+    assert champion(store) == "3"
+    assert promote(version=42) == 2
+
+
+def test_gate_respects_a_promotion_made_in_the_ui(store):
+    register(log_model("SELECT 1"), 0.80)
+    register(log_model("SELECT 2"), 0.50)
+    # The MLflow UI sets the alias directly, without medsql.
+    store.set_registered_model_alias(NAME, CHAMPION, "2")
+    assert mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}").predict(
+        pd.DataFrame({"question": ["q"]})) == ["SELECT 2"]
+    # The gate compares with that champion (0.50), not with the best version ever seen (0.80).
+    third = register(log_model("SELECT 3"), 0.55)
+    assert (third.decision, third.champion_version, third.previous_champion) == ("promoted", 3, 2)
+
+
+def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch, capsys):
+    run_id, model_uri = log_model("SELECT 9")
+    info, evaluation, result = tmp_path / "mlflow.json", tmp_path / "eval.json", tmp_path / "register.json"
+    lock = tmp_path / "dvc.lock"
+    info.write_text(json.dumps({"run_id": run_id, "model_uri": model_uri, "tracking_uri": "x"}))
+    lock.write_text("schema: '2.0'\nstages:\n  preprocess:\n    cmd: python -m medsql.preprocess\n"
+                    "    outs:\n    - path: data/splits\n      md5: 0123abcd.dir\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"register:\n  model_name: {NAME}\n  margin: {MARGIN}\n")
+    for constant, path in (("MODEL_INFO", info), ("EVAL", evaluation), ("REGISTER", result), ("LOCK", lock)):
+        monkeypatch.setattr(register_stage, constant, path)
+    monkeypatch.setenv("MEDSQL_PARAMS", str(params))
+    monkeypatch.setenv("MEDSQL_OVERRIDES", json.dumps({"register": {"margin": MARGIN}}))
+    monkeypatch.setenv("MEDSQL_RUN_ID", "manual__2026-01-01T00:00:00+00:00")
+
+    # No evaluation yet: a clear error naming the file, nothing registered, nothing written.
+    assert register_stage.main() == 1
+    assert str(evaluation) in capsys.readouterr().err
+    assert not result.exists() and not store.search_registered_models()
+
+    evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.4, "exact_match": 0.3},
+                                      "baseline": {"execution_accuracy": 0.0}}))
+    assert register_stage.main() == 0
+    written = json.loads(result.read_text())
+    assert (written["version"], written["champion_version"], written["decision"]) == (1, 1, "promoted")
+    tags = store.get_model_version(NAME, "1").tags
+    assert tags["data_version"] == "0123abcd.dir"
+    assert tags["execution_accuracy"] == "0.4" and "baseline.execution_accuracy" not in tags
+    assert json.loads(tags["medsql.overrides"]) == {"register": {"margin": MARGIN}}
+    assert tags["medsql.dvc_experiment"] == "airflow-manual__2026-01-01T00-00-00-00-00"
+    assert tags["git_commit"]  # the commit of this checkout, or 'unknown' outside git
