@@ -109,12 +109,20 @@ def render_report(results: dict[str, dict[str, Any]]) -> str:
         lines += [f"### {title}: {cat['count']} ({100 * cat['share']:.1f}%)", "", f"What: {meaning}.", "",
                   f"Suggested fix: {fix}.", ""]
         for ex in results[main]["examples"][c]:
-            lines += [f"- *{ex['question']}* ({ex['variant']})", f"  - gold: `{ex['gold']}`",
-                      f"  - predicted: `{ex['prediction']}`", f"  - found: {'; '.join(ex['details'])}"]
+            lines += [f"- *{ex['question']}* ({ex['variant']})",
+                      f"  - gold: `{_short(ex['gold'])}`",
+                      f"  - predicted: `{_short(ex['prediction'])}`",
+                      f"  - found: {'; '.join(ex['details'])}"]
         if not results[main]["examples"][c]:
             lines.append("- no example")
         lines.append("")
     return "\n".join(lines)
+
+
+def _short(sql: str, limit: int = 400) -> str:
+    """One line, at most `limit` characters, no backticks (it goes inside inline code)."""
+    text = " ".join(sql.split()).replace("`", "'")
+    return text if len(text) <= limit else text[:limit] + " …"
 
 
 def draw_chart(results: dict[str, dict[str, Any]], path: Path) -> None:

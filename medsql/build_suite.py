@@ -10,8 +10,10 @@ The suite is the demo database plus K synthetic databases. Each synthetic databa
   boundary and just past it), so a changed operator, a dropped condition or a swapped value
   changes the result. MIN/MAX queries get aggregated values beyond the real extremes on the
   boundary and near-miss rows, so including or excluding one of them moves the extreme.
-Counts of satisfying admissions, shared subjects and shared names vary with the database, so a
-wrong aggregate column (HADM_ID for SUBJECT_ID, NAME for SUBJECT_ID) diverges on one of them.
+The satisfying admissions of a query belong to one subject in one database and to distinct
+subjects sharing a name (and birth, death, gender) in another, so COUNT(DISTINCT HADM_ID) or
+COUNT(DISTINCT NAME) in place of COUNT(DISTINCT SUBJECT_ID) diverges on one of them. Free values
+of the beyond-the-extreme rows avoid other MIN/MAX queries' conditions where the column allows.
 
 The stage measures its own false-pass rate: wrong variants of every gold query (changed operator,
 dropped condition, swapped value, other selected column) that still match the gold on the whole
@@ -56,7 +58,7 @@ DEMO_DB = "demo.db"
 METRICS = paths.METRICS / "suite.json"
 MUTATION_KINDS = ("operator", "drop_condition", "swap_value", "select_column")
 SWAPS_PER_CONDITION = 5  # swapped values tried per condition when variants are not sampled
-CHILD_TABLES = [t for t in TABLES if t != "DEMOGRAPHIC"]
+MAX_ROWS = 10000  # rows compared per query and database; more counts as truncated
 # A column with at most this many known values (demo, dictionaries, literals) has a closed domain:
 # synthetic rows keep to it, and a variant equivalent on it is not a wrong query.
 CLOSED_DOMAIN_MAX = 6
@@ -117,9 +119,6 @@ def _has_order_by(sql: str) -> bool:
 @functools.lru_cache(maxsize=8192)
 def _cached_execute(db: str, mtime_ns: int, sql: str, timeout_s: float, max_rows: int) -> ExecutionResult:
     return execute(db, sql, timeout_s=timeout_s, max_rows=max_rows)
-
-
-MAX_ROWS = 10000
 
 
 def run(db: Path, sql: str, timeout_s: float = 2.0, max_rows: int = MAX_ROWS) -> ExecutionResult:
@@ -248,10 +247,18 @@ class Sources:
     literals: dict[Column, list[str]]                # values the dataset's queries name
     names: dict[str, str]                            # SUBJECT_ID -> made-up NAME (NAMES.csv)
     subjects_by_name: dict[str, list[str]]
-    _index: dict[tuple[str, str], dict[Any, list[int]]] = field(default_factory=dict)
+    # memoised look-ups
+    _values: dict[Column, list[Any]] = field(default_factory=dict)
+    _matches: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)
+    _indexes: dict[tuple[str, str, str], dict[Any, list[int]]] = field(default_factory=dict)
 
     def values(self, table: str, column: str) -> list[Any]:
         """Distinct known values of a column: demo rows, dictionary entries and query literals."""
+        if (table, column) not in self._values:
+            self._values[(table, column)] = self._known_values(table, column)
+        return self._values[(table, column)]
+
+    def _known_values(self, table: str, column: str) -> list[Any]:
         known = {r[column] for r in self.rows[table] if r.get(column) is not None}
         known |= {r[column] for r in self.dictionaries.get(table, []) if r.get(column) is not None}
         known |= {typed(table, column, v) for v in self.literals.get((table, column), [])}
@@ -285,6 +292,13 @@ class Sources:
         pool = getattr(self, source).get(table, [])
         if not pool:
             return []
+        key = (source, table, tuple(sorted(pins.items(), key=str)))
+        if key not in self._matches:
+            self._matches[key] = self._matching(source, table, pins, pool)
+        return self._matches[key]
+
+    def _matching(self, source: str, table: str, pins: dict[str, Any],
+                  pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
         candidates: set[int] | None = None
         for column, value in pins.items():
             if column not in pool[0]:
@@ -298,13 +312,13 @@ class Sources:
         return [pool[i] for i in sorted(candidates)] if candidates else []
 
     def _lookup(self, source: str, table: str, column: str, value: Any) -> list[int]:
-        key = (f"{source}:{table}", column)
-        if key not in self._index:
+        key = (source, table, column)
+        if key not in self._indexes:
             index: dict[Any, list[int]] = defaultdict(list)
             for i, row in enumerate(getattr(self, source)[table]):
                 index[row.get(column)].append(i)
-            self._index[key] = index
-        index = self._index[key]
+            self._indexes[key] = index
+        index = self._indexes[key]
         hits = index.get(value, [])
         if not hits and column == "ICD9_CODE" and isinstance(value, str):
             # The queries sometimes drop the dictionary's zero padding ("40" for "0040").
@@ -515,14 +529,15 @@ class SyntheticDatabase:
         self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
         self._next_hadm = 200000  # above MIMIC-III's HADM_IDs (100001-199999)
         taken = {r["SUBJECT_ID"] for r in sources.rows["DEMOGRAPHIC"]} | reserved_subjects
-        fresh = sorted(s for s in sources.names if s not in taken)
-        rng.shuffle(fresh)
-        self._fresh_subjects = fresh
         # Subjects sharing a made-up name in NAMES.csv: twins keep SUBJECT_ID -> NAME as MIMICSQL has it.
         twins = sorted(ids for ids in sources.subjects_by_name.values()
                        if len(ids) > 1 and not set(ids) & taken)
         rng.shuffle(twins)
         self._name_twins = twins
+        in_twins = {s for group in twins for s in group}
+        fresh = sorted(s for s in sources.names if s not in taken and s not in in_twins)
+        rng.shuffle(fresh)
+        self._fresh_subjects = fresh
         self._patients: dict[str, dict[str, Any]] = {}
 
     # -- identities
@@ -534,8 +549,6 @@ class SyntheticDatabase:
         if not self._name_twins:
             return [None] * count
         group = self._name_twins.pop()
-        taken = set(group)
-        self._fresh_subjects = [s for s in self._fresh_subjects if s not in taken]
         return [group[i % len(group)] if i < len(group) else None for i in range(count)]
 
     def _hadm(self) -> str:
@@ -567,10 +580,17 @@ class SyntheticDatabase:
         patient = self._patients.get(subject) or (self._patients.get(like) if like else None)
         if patient:
             row.update(patient)
+            if subject in self._patients and not {"AGE", "ADMITYEAR"} & set(demo_pins):
+                row["AGE"] = int(row["AGE"]) + self.rng.randint(1, 4)  # a later admission, a later year
         row.update(SUBJECT_ID=subject, HADM_ID=hadm)
         row["NAME"] = self.sources.names.get(subject, row["NAME"])
         row.update({c: typed("DEMOGRAPHIC", c, v) for c, v in demo_pins.items()})
-        derive_demographic(row, set(demo_pins), self.rng)
+        # Patient-level values carried over stay put (AGE and ADMITYEAR adapt to the birth year),
+        # unless the pins fix two of AGE/ADMITYEAR/DOB_YEAR: then the birth year follows them.
+        fixed = set(demo_pins) | (set(patient) if patient else set())
+        if len({"AGE", "ADMITYEAR"} & set(demo_pins)) == 2 and "DOB_YEAR" not in demo_pins:
+            fixed -= {"DOB_YEAR", "DOB"}
+        derive_demographic(row, fixed, self.rng)
         self._patients.setdefault(subject, {c: row[c] for c in PATIENT_COLUMNS})
         self.rows["DEMOGRAPHIC"].append(row)
 
@@ -772,10 +792,15 @@ def wrong_variants(query: Query, sources: Sources, rng: random.Random,
 
 
 def measure_false_pass(golds: Sequence[str], dbs: Sequence[Path], sources: Sources, seed: int,
-                       per_kind: int | None, timeout_s: float) -> dict[str, Any]:
-    """Run every wrong variant on the suite; a variant matching the gold everywhere is a false pass."""
+                       per_kind: int | None, timeout_s: float,
+                       gold_runs: dict[str, SuiteResult] | None = None) -> dict[str, Any]:
+    """Run wrong variants of every gold on the suite; one matching the gold everywhere is a false pass.
+
+    `gold_runs`: the golds' own suite results if already computed (gold_informative comes from them).
+    """
     rng = random.Random(f"{seed}:variants")
-    gold_runs = {g: suite_match(g, g, dbs, timeout_s=timeout_s) for g in golds}
+    gold_runs = gold_runs or {}
+    gold_runs = {g: gold_runs.get(g) or suite_match(g, g, dbs, timeout_s=timeout_s) for g in golds}
     gold_info = {g: r.gold_informative for g, r in gold_runs.items()}
     tally: dict[str, Counter] = {k: Counter() for k in MUTATION_KINDS}
     examples: list[dict[str, str]] = []
@@ -808,7 +833,7 @@ def measure_false_pass(golds: Sequence[str], dbs: Sequence[Path], sources: Sourc
             "gold_queries": len(golds), "informative_share": share,
             "informative_everywhere_share": round(sum(all(i) for i in gold_info.values()) / len(golds), 4),
             "gold_self_match": sum(r.match for r in gold_runs.values()),
-            "false_pass_examples": examples, "_gold_info": gold_info}
+            "false_pass_examples": examples}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -833,43 +858,71 @@ def load_gold(ingested: Path) -> tuple[dict[str, list[str]], int]:
     return dict(sorted(by_sql.items())), skipped
 
 
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml's `suite:` section, checked (a clear error names the bad key)."""
+    def number(key: str, value: Any, kind: type, low: float, high: float | None = None) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= (
+                high if high is not None else math.inf) or (kind is int and value != int(value)):
+            raise ValueError(f"params.yaml suite.{key}: expected a {kind.__name__} in [{low}, "
+                             f"{high if high is not None else 'inf'}], got {value!r}")
+        return kind(value)
+
+    false_pass = params.get("false_pass") or {}
+    per_kind, max_queries = false_pass.get("per_kind"), false_pass.get("max_queries")
+    return {
+        "k": number("k", params.get("k"), int, 0),
+        "seed": number("seed", params.get("seed"), int, -math.inf),
+        "background_admissions": number("background_admissions",
+                                        params.get("background_admissions", 400), int, 0),
+        "literal_share": number("literal_share", params.get("literal_share", 0.1), float, 0, 1),
+        "timeout_s": number("timeout_s", params.get("timeout_s", 2.0), float, 0.01),
+        "per_kind": None if per_kind is None else number("false_pass.per_kind", per_kind, int, 1),
+        "max_queries": None if max_queries is None else number("false_pass.max_queries", max_queries, int, 1),
+    }
+
+
 def build(demo_db: Path, ingested: Path, names_csv: Path, out_dir: Path, metrics_path: Path,
           params: dict[str, Any]) -> dict[str, Any]:
-    """Write the suite (atomically) and its metrics; returns the metrics."""
+    """Write the suite and its metrics; returns the metrics.
+
+    Atomic: on any failure the previous suite folder and metrics file stay as they were.
+    """
     started = time.perf_counter()
-    k, seed = int(params["k"]), int(params["seed"])
+    p = check_params(params)
     golds_by_sql, skipped = load_gold(ingested)
     golds = list(golds_by_sql)
     queries = [parse_sql(sql) for sql in golds]
-    sources = load_sources(demo_db, queries, names_csv)
     with atomic_path(out_dir) as staged:
         staged.mkdir()
         shutil.copyfile(demo_db, staged / DEMO_DB)
+        try:
+            sources = load_sources(staged / DEMO_DB, queries, names_csv)
+        except sqlite3.Error as err:
+            raise ValueError(f"{demo_db}: not a database build_db wrote ({err})") from err
         names, sizes = [DEMO_DB], {}
-        for index in range(1, k + 1):
+        for index in range(1, p["k"] + 1):
             name = f"synth_{index}.db"
-            sizes[name] = build_synthetic(sources, queries, staged / name, seed, index,
-                                          int(params.get("background_admissions", 400)),
-                                          float(params.get("literal_share", 0.1)))
+            sizes[name] = build_synthetic(sources, queries, staged / name, p["seed"], index,
+                                          p["background_admissions"], p["literal_share"])
             names.append(name)
         dbs = [staged / n for n in names]
-        false_pass = params.get("false_pass", {}) or {}
-        sample = false_pass.get("max_queries")
-        measured = golds if not sample or sample >= len(golds) else sorted(
-            random.Random(f"{seed}:sample").sample(golds, int(sample)))
-        metrics = measure_false_pass(measured, dbs, sources, seed, false_pass.get("per_kind"),
-                                     float(params.get("timeout_s", 2.0)))
-        gold_info = metrics.pop("_gold_info")
-        informative_by_key = {key: gold_info[sql] for sql, keys in golds_by_sql.items()
-                              if sql in gold_info for key in keys}
-        manifest = {"dbs": names, "k": k, "seed": seed, "gold_queries": len(golds),
+        gold_runs = {g: suite_match(g, g, dbs, timeout_s=p["timeout_s"]) for g in golds}
+        sample = p["max_queries"]
+        measured = golds if sample is None or sample >= len(golds) else sorted(
+            random.Random(f"{p['seed']}:sample").sample(golds, sample))
+        metrics = measure_false_pass(measured, dbs, sources, p["seed"], p["per_kind"], p["timeout_s"],
+                                     gold_runs)
+        informative_by_key = {key: gold_runs[sql].gold_informative
+                              for sql, keys in golds_by_sql.items() for key in keys}
+        manifest = {"dbs": names, "k": p["k"], "seed": p["seed"], "gold_queries": len(golds),
                     "skipped_records": skipped, "rows": sizes, "informative": informative_by_key}
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    metrics.update(k=k, seed=seed, dbs=names, skipped_records=skipped,
-                   measured_queries=len(measured), per_kind=false_pass.get("per_kind"),
-                   sampled=len(measured) < len(golds) or false_pass.get("per_kind") is not None,
-                   seconds=round(time.perf_counter() - started, 1))
-    write_json(metrics_path, metrics)
+        metrics.update(
+            k=p["k"], seed=p["seed"], dbs=names, skipped_records=skipped, measured_queries=len(measured),
+            per_kind=p["per_kind"], sampled=len(measured) < len(golds) or p["per_kind"] is not None,
+            gold_self_match=sum(r.match for r in gold_runs.values()), gold_queries=len(golds),
+            seconds=round(time.perf_counter() - started, 1))
+        write_json(metrics_path, metrics)  # last step inside: a failure above leaves both old outputs
     return metrics
 
 

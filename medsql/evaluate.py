@@ -232,13 +232,15 @@ def render_report(detail: dict[str, Any]) -> str:
 
     demo = overall["model"].get("demo_execution_accuracy", {}).get("value")
     if demo is not None and model_ex is not None:
+        caught = detail.get("suite_catches", {}).get("model", 0)
         lines += [
             "## Why test-suite execution accuracy",
             "",
             f"On the demo database alone the model would score {100 * demo:.1f}% execution accuracy; on the "
-            f"test suite it scores {100 * model_ex:.1f}%. The demo holds 100 patients, so many queries "
-            "return an empty set or 0 whatever their condition; the suite's extra databases hold rows for "
-            "every value the questions name and catch those wrong queries.",
+            f"test suite it scores {100 * model_ex:.1f}%: {caught} of its {n} predictions return the "
+            "reference result on the demo database yet are wrong. The demo holds 100 patients, so many "
+            "queries return an empty set or 0 whatever their condition; the suite's extra databases hold "
+            "rows for every value the questions name and catch those wrong queries.",
             "",
         ]
     lines += [
@@ -380,6 +382,8 @@ def evaluate(rows: list[dict[str, Any]], predictions: dict[str, list[str]], name
         "systems": {s: {"name": names.get(s, s), **summaries[s]} for s in scored},
         "differences": differences(scored, headline, boot) if "model" in scored else {},
         "recovery_changed": {s: sum(r["raw"] != r["recovered"] for r in scored[s]) for s in scored},
+        # Wrong predictions the demo database alone would have passed: what the suite is for.
+        "suite_catches": {s: sum(_caught(r["scores"][headline]) for r in scored[s]) for s in scored},
     })
     return eval_json(summaries, headline, len(rows)), detail, scored
 
@@ -433,6 +437,10 @@ def main() -> None:
               f"{m.get('logic_form_accuracy')}, exact {m.get('exact_match')}")
     if run_id:
         print(f"evaluate: logged to MLflow run {run_id}")
+
+
+def _caught(scores: dict[str, float]) -> bool:
+    return scores.get("demo_execution_accuracy") == 1.0 and scores.get("execution_accuracy") == 0.0
 
 
 def _or_nan(value: float | None) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from medsql.sqlform import AGGREGATES, COLUMN_TOKENS
@@ -37,6 +37,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789"),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    # T5 convention: every sequence ends with </s>, so the model learns where an answer stops.
+    eos = SPECIAL_TOKENS["eos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.token_to_id(eos))])
     tokenizer.add_tokens([AddedToken(t, single_word=True, normalized=True) for t in SCHEMA_TOKENS])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=256, **SPECIAL_TOKENS)
 

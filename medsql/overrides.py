@@ -42,8 +42,6 @@ from medsql.util import load_params
 
 ENV_OVERRIDES = "MEDSQL_OVERRIDES"
 ENV_RUN_ID = "MEDSQL_RUN_ID"
-# DVC's own scratch folder: git-ignored, never committed, and outside what `dvc exp save` records.
-BACKUP = paths.ROOT / ".dvc" / "tmp" / "medsql-params.yaml.before-overrides"
 OVERRIDES_TAG = "medsql.overrides"
 EXPERIMENT_TAG = "medsql.dvc_experiment"
 
@@ -118,9 +116,16 @@ def to_set_params(conf: dict[str, Any]) -> list[str]:
     return [f"{name}={_hydra_value(value)}" for name, value in flatten(conf).items()]
 
 
-def apply(conf: dict[str, Any], params_path: Path = paths.PARAMS, backup: Path = BACKUP) -> list[str]:
+def _backup_path() -> Path:
+    # DVC's own scratch folder: git-ignored, never committed, outside what `dvc exp save` records.
+    return paths.ROOT / ".dvc" / "tmp" / "medsql-params.yaml.before-overrides"
+
+
+def apply(conf: dict[str, Any], params_path: Path | None = None, backup: Path | None = None) -> list[str]:
     """Keep a copy of params.yaml, then write the overrides into it; returns the -S style list."""
     from dvc.utils.hydra import apply_overrides
+
+    params_path, backup = params_path or paths.PARAMS, backup or _backup_path()
 
     if restore(params_path, backup):  # a run that died before its teardown left its values behind
         print(f"restored {params_path.name} left overridden by an interrupted run", file=sys.stderr)
@@ -138,8 +143,9 @@ def apply(conf: dict[str, Any], params_path: Path = paths.PARAMS, backup: Path =
     return set_params
 
 
-def restore(params_path: Path = paths.PARAMS, backup: Path = BACKUP) -> bool:
+def restore(params_path: Path | None = None, backup: Path | None = None) -> bool:
     """Put back the params.yaml kept by apply(); False when there is nothing to restore."""
+    params_path, backup = params_path or paths.PARAMS, backup or _backup_path()
     if not backup.exists():
         return False
     os.replace(backup, params_path)
@@ -157,10 +163,11 @@ def _git_repo(root: Path) -> bool:
     return done.returncode == 0
 
 
-def record(conf: dict[str, Any], run_id: str, root: Path = paths.ROOT) -> str | None:
+def record(conf: dict[str, Any], run_id: str, root: Path | None = None) -> str | None:
     """Save the workspace as a DVC experiment and log the overrides to MLflow; returns its name."""
     if not flatten(conf):
         return None
+    root = root or paths.ROOT
     name = experiment_name(run_id)
     if _git_repo(root):
         # Metrics are untracked or git-ignored outputs (cache: false): include them explicitly.

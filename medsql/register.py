@@ -22,14 +22,10 @@ from medsql import overrides, paths
 from medsql.registry import RegistryError, model_name, register_and_gate
 from medsql.util import load_params, write_json
 
-MODEL_INFO = paths.MODEL / "mlflow.json"
-EVAL = paths.METRICS / "eval.json"
-REGISTER = paths.METRICS / "register.json"
-LOCK = paths.ROOT / "dvc.lock"
 
-
-def data_version(lock_path: Path = LOCK, out: str = "data/splits") -> str:
+def data_version(lock_path: Path | None = None, out: str = "data/splits") -> str:
     """The md5 DVC recorded for the training data (the splits), 'unknown' without a dvc.lock."""
+    lock_path = lock_path or paths.ROOT / "dvc.lock"
     if not lock_path.exists():
         return "unknown"
     lock = yaml.safe_load(lock_path.read_text()) or {}
@@ -40,8 +36,9 @@ def data_version(lock_path: Path = LOCK, out: str = "data/splits") -> str:
     return "unknown"
 
 
-def git_commit(root: Path = paths.ROOT) -> tuple[str, bool]:
+def git_commit(root: Path | None = None) -> tuple[str, bool]:
     """(HEAD commit, whether the checkout has uncommitted changes); ('unknown', False) outside git."""
+    root = root or paths.ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
         if head.returncode != 0:
@@ -63,18 +60,19 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def main() -> int:
+    model_info_path, eval_path = paths.MODEL / "mlflow.json", paths.METRICS / "eval.json"
     params = load_params()
     margin = float(params.get("register", {}).get("margin", 0.0))
     try:
-        model_info = _read_json(MODEL_INFO, "written by the train stage")
-        evaluation = _read_json(EVAL, "written by the evaluate stage")
+        model_info = _read_json(model_info_path, "written by the train stage")
+        evaluation = _read_json(eval_path, "written by the evaluate stage")
         for field in ("run_id", "model_uri"):
             if not model_info.get(field):
-                raise RegistryError(f"{MODEL_INFO}: field {field!r} is missing or empty")
+                raise RegistryError(f"{model_info_path}: field {field!r} is missing or empty")
         if not isinstance(evaluation.get("model"), dict):
-            raise RegistryError(f"{EVAL}: field 'model' (the trained model's metrics) is missing")
+            raise RegistryError(f"{eval_path}: field 'model' (the trained model's metrics) is missing")
         commit, dirty = git_commit()
-        tags = {"data_version": data_version(LOCK), "git_commit": commit, "git_dirty": str(dirty).lower()}
+        tags = {"data_version": data_version(), "git_commit": commit, "git_dirty": str(dirty).lower()}
         conf = overrides.from_env()
         if overrides.flatten(conf):
             tags[overrides.OVERRIDES_TAG] = json.dumps(conf, sort_keys=True)
@@ -86,7 +84,7 @@ def main() -> int:
     except (RegistryError, overrides.OverrideError) as err:
         print(f"register: {err}", file=sys.stderr)
         return 1
-    write_json(REGISTER, decision.as_dict())
+    write_json(paths.METRICS / "register.json", decision.as_dict())
     print(f"registered {decision.model_name} version {decision.version} (alias challenger); "
           f"{decision.decision}: {decision.reason}")
     return 0

@@ -21,3 +21,66 @@ def mimicsql_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---- end ingest / validate ---------------------------------------------------------------------
+
+
+# ---- training / predictor (tests/test_train.py, tests/test_predictor.py) -----------------------
+
+TINY_SHAPE = {"vocab_size": 600, "d_model": 32, "d_ff": 64, "num_heads": 2, "num_layers": 1,
+              "num_decoder_layers": 1, "dropout": 0.0}
+
+
+@pytest.fixture(scope="session")
+def real_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The preprocess stage's splits of the real MIMICSQL data (ingested by the ingest stage's code)."""
+    import json
+
+    from medsql import ingest, preprocess
+    from medsql.util import load_params
+
+    params = load_params()
+    records = ingest.ingest(params)
+    splits = preprocess.preprocess(records, params["preprocess"])
+    out = tmp_path_factory.mktemp("splits")
+    for name, rows in splits.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, real_splits: Path, monkeypatch: pytest.MonkeyPatch):
+    """A scratch project root with real split files, tiny train params and its own MLflow store.
+
+    Yields (root, params); tests edit params and call `write_params()` via the returned helper.
+    """
+    import shutil
+
+    import yaml
+
+    from medsql import paths
+    from medsql.util import load_params
+
+    params = load_params()
+    params["train"].update(epochs=2, eval_every_epochs=1, per_device_batch_size=8, max_train_rows=48,
+                           num_beams=2, max_target_tokens=48, bf16=False)
+    params["train"]["embedded"] = dict(TINY_SHAPE)
+    (tmp_path / "data").mkdir()
+    shutil.copytree(real_splits, tmp_path / "data" / "splits")
+    original = paths.ROOT
+    paths.set_root(tmp_path)
+    monkeypatch.setenv("MEDSQL_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def write_params() -> Path:
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        monkeypatch.setenv("MEDSQL_PARAMS", str(path))
+        return path
+
+    write_params()
+    try:
+        yield tmp_path, params, write_params
+    finally:
+        paths.set_root(original)
+
+
+# ---- end training / predictor ------------------------------------------------------------------

@@ -96,7 +96,8 @@ def test_each_stage_runs_its_dvc_stage_in_order(dag_info):
     for stage in STAGES:
         task = tasks[stage]
         assert task["type"] == "airflow.providers.standard.operators.bash"
-        assert task["command"].startswith(f"dvc repro --single-item {stage}")
+        assert f"; dvc repro --single-item {stage}" in task["command"]
+        assert task["command"].startswith(f'export PATH={BIN}:"$PATH"; exec </dev/null;')
         assert task["cwd"] == str(ROOT)
         assert task["env"]["MEDSQL_OVERRIDES"] == "{{ dag_run.conf | tojson }}"
         assert stage in dvc_stages, f"dvc.yaml has no stage {stage!r}"
@@ -222,7 +223,7 @@ def test_record_saves_a_dvc_experiment_and_an_mlflow_run(tmp_path, monkeypatch):
 
 # --- whole runs on the tiny parameter set (need every stage) -----------------------------------------
 
-def scratch_project(tmp_path: Path, params_update: dict | None = None) -> Path:
+def scratch_project(tmp_path: Path, params_update: dict | None = None, tiny: bool = True) -> Path:
     """A copy of the project's files in <tmp>/project, ../shared reachable, tiny params, its own git."""
     project = tmp_path / "project"
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
@@ -233,9 +234,10 @@ def scratch_project(tmp_path: Path, params_update: dict | None = None) -> Path:
             (project / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, project / relative)
     (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
-    assert TINY_PARAMS.exists(), f"the tiny parameter set {TINY_PARAMS} is missing"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    merge(params, yaml.safe_load(TINY_PARAMS.read_text()) or {})
+    if tiny or TINY_PARAMS.exists():
+        assert TINY_PARAMS.exists(), f"the tiny parameter set {TINY_PARAMS} is missing"
+        merge(params, yaml.safe_load(TINY_PARAMS.read_text()) or {})
     merge(params, params_update or {})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=medsql test", "-c", "user.email=test@example.org"]
@@ -332,7 +334,7 @@ def test_corrupt_input_fails_the_run_at_validation(tmp_path):
                 record = json.loads(line)
                 record["question_refine"] = record["question_refine"][:2]
                 out.write(json.dumps(record) + "\n")
-    project = scratch_project(tmp_path, {"data": {"mimicsql_dir": str(corrupt)}})
+    project = scratch_project(tmp_path, {"data": {"mimicsql_dir": str(corrupt)}}, tiny=False)
     committed = (project / "params.yaml").read_text()
     result, log = run_dag_test(project, tmp_path / "airflow_home", {"register": {"margin": 0.25}})
 
@@ -343,7 +345,8 @@ def test_corrupt_input_fails_the_run_at_validation(tmp_path):
     for stage in STAGES[STAGES.index("validate") + 1:] + ["record_experiment"]:
         assert tasks[stage] == "upstream_failed", (stage, tasks)
     assert tasks["restore_params"] == "success"
-    assert "Data validation failed: see the data docs report in" in log
+    assert f"Data validation failed, data docs report: {project}/reports/validation/index.html" in log
+    assert (project / "reports" / "validation" / "index.html").exists()
     assert registry_state(project)[0] == []
     assert not (project / "metrics" / "register.json").exists()
     assert (project / "params.yaml").read_text() == committed

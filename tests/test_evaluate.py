@@ -47,8 +47,10 @@ def setting(tmp_path):
     train.write_text(json.dumps({"key": "t", "variant": "template", "question": "q", "sql": FEMALE}) + "\n")
     rows = [{"key": key, "variant": w, "question": f"{key} question ({w})", "sql": sql}
             for key, sql in (("panc", PANC), ("female", FEMALE)) for w in WORDINGS]
-    # The model: right on 4 rows, a lower-cased literal (recovery fixes it), a gender no one has.
-    model = [PANC, PANC.replace("Acute", "acute"), PANC, FEMALE, FEMALE, FEMALE.replace('"F"', '"X"')]
+    # The model: right on 3 rows; a lower-cased literal (recovery fixes it); a wrong diagnosis that
+    # counts the same on the demo database (the suite catches it); a gender no one has.
+    model = [PANC, PANC.replace("Acute", "acute"), PANC.replace("Acute pancreatitis", "Hypertension NOS"),
+             FEMALE, FEMALE, FEMALE.replace('"F"', '"X"')]
     baseline = ["SELECT count(*) FROM patients"] * 3 + ["hello"] * 3
     index = ValueIndex.build(demo, train)
     scorer = ExecutionScorer([demo, variant], timeout_s=5)
@@ -77,23 +79,25 @@ def test_metrics_with_and_without_recovery(setting):
                                                 index, scorer, PARAMS)
     model = metrics["model"]
     # What the register stage reads: flat floats under each system.
-    assert model["execution_accuracy"] == pytest.approx(5 / 6, abs=1e-6)
-    assert model["without_recovery"]["execution_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
-    assert model["logic_form_accuracy"] == pytest.approx(5 / 6, abs=1e-6)
-    assert model["exact_match"] == pytest.approx(5 / 6, abs=1e-6)
+    assert model["execution_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert model["without_recovery"]["execution_accuracy"] == pytest.approx(3 / 6, abs=1e-6)
+    assert model["demo_execution_accuracy"] == pytest.approx(5 / 6, abs=1e-6)
+    assert model["logic_form_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    assert model["exact_match"] == pytest.approx(4 / 6, abs=1e-6)
     assert metrics["baseline"]["execution_accuracy"] == 0.0
     assert metrics["baseline"]["executable"] == 0.0  # no table 'patients'; 'hello' does not parse
     assert metrics["test_rows"] == 6 and metrics["value_recovery"] is True
 
     by_wording = detail["systems"]["model"]["recovered"]["by_wording"]
     assert list(by_wording) == list(WORDINGS)
-    natural_v2 = by_wording["natural_v2"]["metrics"]["execution_accuracy"]
-    assert natural_v2["value"] == 0.5 and natural_v2["low"] <= 0.5 <= natural_v2["high"]
-    raw_natural = detail["systems"]["model"]["raw"]["by_wording"]["natural"]["metrics"]
-    assert raw_natural["execution_accuracy"]["value"] == 0.5
+    assert by_wording["template"]["metrics"]["execution_accuracy"]["value"] == 1.0
+    assert by_wording["natural_v2"]["metrics"]["execution_accuracy"]["value"] == 0.0
+    raw_natural = detail["systems"]["model"]["raw"]["by_wording"]["natural"]["metrics"]["execution_accuracy"]
+    assert raw_natural["value"] == 0.5 and raw_natural["low"] <= 0.5 <= raw_natural["high"]
     assert detail["recovery_changed"] == {"model": 1, "baseline": 0}
+    assert detail["suite_catches"] == {"model": 1, "baseline": 0}
     gain = detail["differences"]["model_minus_baseline"]["execution_accuracy"]
-    assert gain["value"] == pytest.approx(5 / 6, abs=1e-6) and gain["low"] > 0
+    assert gain["value"] == pytest.approx(4 / 6, abs=1e-6) and gain["low"] > 0
     assert scored["model"][1]["prediction"] == PANC and scored["model"][1]["raw"] != PANC
 
 
@@ -101,8 +105,8 @@ def test_recovery_off_makes_raw_the_headline(setting):
     rows, predictions, index, scorer = setting
     params = {"recovery": {"enabled": False}, "bootstrap": {"resamples": 50}}
     metrics, detail, scored = evaluate.evaluate(rows, predictions, {}, index, scorer, params)
-    assert metrics["model"]["execution_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
-    assert metrics["model"]["with_recovery"]["execution_accuracy"] == pytest.approx(5 / 6, abs=1e-6)
+    assert metrics["model"]["execution_accuracy"] == pytest.approx(3 / 6, abs=1e-6)
+    assert metrics["model"]["with_recovery"]["execution_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
     assert scored["model"][1]["prediction"] == scored["model"][1]["raw"]
 
 
@@ -120,12 +124,12 @@ def test_stage_outputs_and_error_analysis(setting, outputs, monkeypatch):
     assert table_start < 6  # the plain table comes first
     assert "Fine-tuned model (tiny)" in lines[table_start]
     assert "Base model, zero-shot (base)" in lines[table_start]
-    assert lines[table_start + 2].startswith("| Gets the right answer") and "83.3%" in lines[table_start + 2]
+    assert lines[table_start + 2].startswith("| Gets the right answer") and "66.7%" in lines[table_start + 2]
     for png in ("eval_metrics.png", "eval_by_wording.png"):
         assert (outputs / "reports/figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(outputs / "reports/plots/eval_metrics.csv") as handle:
         bars = {r["bar"]: float(r["value"]) for r in csv.DictReader(handle)}
-    assert bars["execution_accuracy | model"] == pytest.approx(5 / 6, abs=1e-6)
+    assert bars["execution_accuracy | model"] == pytest.approx(4 / 6, abs=1e-6)
     written = [json.loads(line) for line in open(outputs / "reports/predictions/model.jsonl")]
     assert len(written) == 6 and written[1]["recovered"] == PANC
 
@@ -134,7 +138,7 @@ def test_stage_outputs_and_error_analysis(setting, outputs, monkeypatch):
     monkeypatch.setenv("MEDSQL_PARAMS", str(params))
     analyze_errors.main()
     errors = json.loads((outputs / "metrics/error_analysis.json").read_text())
-    assert errors["model"]["wrong"] == 1 and errors["model"]["string_literal"]["count"] == 1
+    assert errors["model"]["wrong"] == 2 and errors["model"]["string_literal"]["count"] == 2
     assert errors["baseline"]["wrong"] == 6 and errors["baseline"]["syntax_error"]["count"] == 6
     analysis = (outputs / "reports/error_analysis.md").read_text()
     assert analysis.startswith("# Error analysis") and "Suggested fix" in analysis
@@ -172,9 +176,9 @@ def test_metrics_and_report_logged_to_the_models_mlflow_run(setting, outputs, tm
     assert evaluate.log_to_mlflow(metrics, detail, [evaluate.REPORT, evaluate.EVAL_JSON]) == run.info.run_id
 
     logged = mlflow.get_run(run.info.run_id)
-    assert logged.data.metrics["test_execution_accuracy"] == pytest.approx(5 / 6, abs=1e-6)
+    assert logged.data.metrics["test_execution_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
     assert logged.data.metrics["baseline_test_execution_accuracy"] == 0.0
-    assert logged.data.metrics["test_execution_accuracy_natural_v2"] == 0.5
+    assert logged.data.metrics["test_execution_accuracy_natural"] == 1.0
     assert logged.data.metrics["train_loss"] == 1.0
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert artifacts == {"evaluation/evaluation.md", "evaluation/eval.json"}

@@ -31,7 +31,8 @@ def index_files(tmp_path):
     conn.execute("INSERT INTO D_ICD_DIAGNOSES VALUES ('1', 'V5861', 'Long-term use anticoagul', 'Long-term')")
     conn.executemany("INSERT INTO LAB (SUBJECT_ID, HADM_ID, FLUID) VALUES (?, ?, ?)",
                      [("1", "10", "BLOOD"), ("1", "10", "Blood"), ("2", "20", "Blood")])
-    conn.execute("INSERT INTO DEMOGRAPHIC (SUBJECT_ID, HADM_ID, GENDER, AGE) VALUES ('1', '10', 'F', 50)")
+    conn.execute("INSERT INTO DEMOGRAPHIC (SUBJECT_ID, HADM_ID, GENDER, AGE, NAME) VALUES "
+                 "('1', '10', 'F', 50, 'Alice Nixon'), ('2', '20', 'M', 60, 'Anna Morris')")
     conn.commit()
     conn.close()
     train = tmp_path / "train.jsonl"
@@ -106,3 +107,13 @@ def test_only_the_literals_change(index_files):
     assert recovered == lower.replace('"acute pancreatitis"', '"Acute pancreatitis"')
     single = SQL.format(title="X", age="45").replace('"X"', "'acute pancreatits'")
     assert index.recover(single) == single.replace("'acute pancreatits'", "'Acute pancreatitis'")
+
+
+def test_a_lost_casing_follows_the_columns_pattern(index_files):
+    index = ValueIndex.build(*index_files)
+    # A patient the demo lacks: no value to snap to, but names are written "First Last".
+    assert index.recover_value("DEMOGRAPHIC", "NAME", "robert clayton") == "Robert Clayton"
+    assert index.recover_value("DEMOGRAPHIC", "NAME", "alice nixon") == "Alice Nixon"
+    assert index.recover_value("DEMOGRAPHIC", "NAME", "Robert clayton") == "Robert clayton"  # casing given
+    # Titles mix casings: no pattern, the literal stays as predicted.
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "zebra fever") == "zebra fever"

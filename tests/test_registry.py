@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from medsql import paths
 from medsql import register as register_stage
 from medsql.registry import (
     CHALLENGER,
@@ -139,18 +140,22 @@ def test_gate_respects_a_promotion_made_in_the_ui(store):
     assert (third.decision, third.champion_version, third.previous_champion) == ("promoted", 3, 2)
 
 
-def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch, capsys):
+def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch, capsys, request):
     run_id, model_uri = log_model("SELECT 9")
-    info, evaluation, result = tmp_path / "mlflow.json", tmp_path / "eval.json", tmp_path / "register.json"
-    lock = tmp_path / "dvc.lock"
+    root = tmp_path / "project"  # a scratch project root: the stage reads and writes there
+    info, evaluation = root / "models" / "medsql" / "mlflow.json", root / "metrics" / "eval.json"
+    result = root / "metrics" / "register.json"
+    info.parent.mkdir(parents=True)
+    evaluation.parent.mkdir()
     info.write_text(json.dumps({"run_id": run_id, "model_uri": model_uri, "tracking_uri": "x"}))
-    lock.write_text("schema: '2.0'\nstages:\n  preprocess:\n    cmd: python -m medsql.preprocess\n"
-                    "    outs:\n    - path: data/splits\n      md5: 0123abcd.dir\n")
-    params = tmp_path / "params.yaml"
-    params.write_text(f"register:\n  model_name: {NAME}\n  margin: {MARGIN}\n")
-    for constant, path in (("MODEL_INFO", info), ("EVAL", evaluation), ("REGISTER", result), ("LOCK", lock)):
-        monkeypatch.setattr(register_stage, constant, path)
-    monkeypatch.setenv("MEDSQL_PARAMS", str(params))
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  preprocess:\n"
+                                   "    cmd: python -m medsql.preprocess\n"
+                                   "    outs:\n    - path: data/splits\n      md5: 0123abcd.dir\n")
+    (root / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  margin: {MARGIN}\n")
+    original = paths.ROOT
+    paths.set_root(root)
+    request.addfinalizer(lambda: paths.set_root(original))
+    monkeypatch.delenv("MEDSQL_PARAMS", raising=False)
     monkeypatch.setenv("MEDSQL_OVERRIDES", json.dumps({"register": {"margin": MARGIN}}))
     monkeypatch.setenv("MEDSQL_RUN_ID", "manual__2026-01-01T00:00:00+00:00")
 
@@ -169,4 +174,4 @@ def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch,
     assert tags["execution_accuracy"] == "0.4" and "baseline.execution_accuracy" not in tags
     assert json.loads(tags["medsql.overrides"]) == {"register": {"margin": MARGIN}}
     assert tags["medsql.dvc_experiment"] == "airflow-manual__2026-01-01T00-00-00-00-00"
-    assert tags["git_commit"]  # the commit of this checkout, or 'unknown' outside git
+    assert tags["git_commit"] == "unknown"  # the scratch root is no git checkout

@@ -106,8 +106,11 @@ def read_tree(sql: str) -> Tree | None:
         tree = sqlglot.parse_one(to_single_quotes(sql), read="sqlite")
     except (SqlglotError, ValueError):
         return None
-    if not isinstance(tree, exp.Select):
-        return None
+    outer = tree
+    if not isinstance(tree, exp.Select):  # UNION/INTERSECT/...: compare its first SELECT
+        tree = tree.find(exp.Select) if tree is not None else None
+        if tree is None:
+            return None
     tables = {t.name.upper() for t in tree.find_all(exp.Table)}
     select = [_select_item(e, tables) for e in tree.expressions]
     conditions: list[Leaf] = []
@@ -123,6 +126,8 @@ def read_tree(sql: str) -> Tree | None:
                 conditions.append(leaf)
     modifiers = {k: tree.args[k].sql() if isinstance(tree.args[k], exp.Expr) else str(tree.args[k])
                  for k in ("distinct", "group", "order", "limit", "having") if tree.args.get(k)}
+    if outer is not tree:
+        modifiers["set_operation"] = outer.key
     return Tree(tables, select, conditions, complex_where, modifiers)
 
 
@@ -186,7 +191,7 @@ def classify(pred: str, gold: str, executable: bool = True) -> Diagnosis:
     details: list[str] = []
     if pred_tree is None or not executable:
         labels.append("syntax_error")
-        details.append("does not parse" if pred_tree is None else "does not execute")
+        details.append("does not parse as one SELECT" if pred_tree is None else "does not execute")
     if pred_tree is not None:
         for label, detail in _tree_differences(pred_tree, gold_tree):
             if label not in labels:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -210,11 +211,13 @@ def summarise(scores: Sequence[dict[str, float]], resamples: int = 1000, seed: i
     present = ~np.isnan(values)
     filled = np.where(present, values, 0.0)
     weights = bootstrap_weights(len(scores), resamples, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    tail = (1 - confidence) / 2 * 100
+    # A metric with no value on any row (NaN everywhere) stays NaN, without numpy's warnings.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         sampled = (weights @ filled) / (weights @ present)       # (resamples, metrics)
         mean = filled.sum(axis=0) / present.sum(axis=0)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.nanpercentile(sampled, [tail, 100 - tail], axis=0) if resamples else (mean, mean)
+        low, high = np.nanpercentile(sampled, [tail, 100 - tail], axis=0) if resamples else (mean, mean)
     return {m: {"value": _num(mean[i]), "low": _num(low[i]), "high": _num(high[i])}
             for i, m in enumerate(names)}
 

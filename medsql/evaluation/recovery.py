@@ -7,7 +7,9 @@ column:
 - exact (case-sensitive) hit: kept;
 - case-insensitive hit: the stored casing (the training split's casing first, then the database's);
 - otherwise, for free-text columns only, the best fuzzy match (rapidfuzz ratio on normalised
-  strings) at or above a threshold; below it the literal is left alone.
+  strings) at or above a threshold;
+- otherwise a lower-cased literal takes its column's casing pattern when (nearly) all the
+  column's values share one (upper case, or "Title Case" as patient names); else it is left alone.
 
 Codes and identifiers (ICD9_CODE, ITEMID, SUBJECT_ID, NAME, ...) get only the casing fix: a
 fuzzy match would swap one real code or patient for another. Numbers and dates are left alone.
@@ -89,6 +91,7 @@ class _ColumnValues:
     by_lower: dict[str, str]        # lower-cased value -> preferred stored casing
     choices: list[str]              # preferred casings, one per distinct lower-cased value
     processed: list[str]            # rapidfuzz-normalised form of each choice
+    pattern: str | None             # "upper" or "title" when (nearly) every value is written so
 
 
 class ValueIndex:
@@ -109,7 +112,7 @@ class ValueIndex:
             choices = sorted(by_lower.values())
             processed = [utils.default_process(c) for c in choices]
             exact = set(train_counts) | set(db_counts)
-            self._columns[key] = _ColumnValues(exact, by_lower, choices, processed)
+            self._columns[key] = _ColumnValues(exact, by_lower, choices, processed, _pattern(choices))
 
     @classmethod
     def build(cls, db_path: str | os.PathLike, train_split_path: str | os.PathLike | None = None,
@@ -165,11 +168,16 @@ class ValueIndex:
         stored = entry.by_lower.get(value.lower())
         if stored is not None:
             return stored
-        if kind != "fuzzy" or not entry.choices:
-            return value
-        best = process.extractOne(utils.default_process(value), entry.processed, scorer=fuzz.ratio,
-                                  processor=None, score_cutoff=self.threshold)
-        return entry.choices[best[2]] if best else value
+        if kind == "fuzzy" and entry.choices:
+            best = process.extractOne(utils.default_process(value), entry.processed, scorer=fuzz.ratio,
+                                      processor=None, score_cutoff=self.threshold)
+            if best:
+                return entry.choices[best[2]]
+        # Unknown value whose casing was lost (a lower-cased output): the column's casing pattern,
+        # e.g. a patient name missing from the demo is still written "First Last".
+        if value == value.lower() and entry.pattern:
+            return value.upper() if entry.pattern == "upper" else value.title()
+        return value
 
     def recover_query(self, query: Query) -> Query:
         conditions = [Condition(c.table, c.column, c.op, self.recover_value(c.table, c.column, c.value))
@@ -200,6 +208,17 @@ class ValueIndex:
             pieces += [sql[last:match.start("value")], quote + cond.value + quote]
             last = match.end("value")
         return "".join(pieces) + sql[last:]
+
+
+def _pattern(values: list[str], share: float = 0.95) -> str | None:
+    """The casing (nearly) every value of a column follows, if any."""
+    cased = [v for v in values if v.lower() != v.upper()]  # values with letters
+    if len(cased) < 2:
+        return None
+    for name, rule in (("upper", str.upper), ("title", str.title)):
+        if sum(v == rule(v) for v in cased) >= share * len(cased):
+            return name
+    return None
 
 
 def _training_queries(path: Path) -> list[Query]:

@@ -1,0 +1,158 @@
+"""The train stage: both profiles' code paths, LoRA, resume after a kill, MLflow tracking."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medsql import paths
+from medsql.modeling import SCHEMA_TOKENS, decode_compact, train_tokenizer
+from medsql.sqlform import sql_to_compact
+from medsql.util import read_jsonl
+
+
+def test_tokenizer_keeps_schema_tokens_whole_and_decodes_losslessly(real_splits: Path) -> None:
+    rows = list(read_jsonl(real_splits / "train.jsonl"))[:400]
+    targets = [sql_to_compact(r["sql"]) for r in rows]
+    tokenizer = train_tokenizer([r["input"] for r in rows] + targets, 800)
+    for token in SCHEMA_TOKENS:
+        assert len(tokenizer(token, add_special_tokens=False).input_ids) == 1, token
+    for target in targets:
+        assert decode_compact(tokenizer, tokenizer(target).input_ids) == " ".join(target.split())
+    # A question word that merely contains a schema token's letters is not split on it.
+    pieces = tokenizer.tokenize("count the discount_distinction")
+    assert "count_distinct" not in pieces
+
+
+def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> None:
+    import mlflow
+    import pandas as pd
+
+    from medsql import train
+    from medsql.predictor import Predictor
+    from medsql.util import load_params
+
+    root, params, write_params = tiny_project
+    summary = train.run(load_params())
+
+    model_dir = paths.MODEL
+    meta = json.loads((model_dir / "medsql.json").read_text())
+    assert meta["profile"] == "embedded" and meta["target_form"] == "compact"
+    assert summary["trainable_parameters"] == summary["parameters"] > 0
+    assert (root / "metrics" / "train.json").is_file()
+    assert (root / "metrics" / "train_curve.csv").read_text().startswith("step,loss\n")
+    assert (root / "reports" / "figures" / "train_curve.png").stat().st_size > 1000
+    assert not any(paths.CHECKPOINTS.glob("*/checkpoint-*")), "finished runs clean their checkpoints"
+
+    # The MLflow run holds params, per-step losses, validation metrics, the curve and the model.
+    info = json.loads((model_dir / "mlflow.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(info["run_id"])
+    assert run.data.params["medsql.profile"] == "embedded"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
+    assert "eval_logic_form_accuracy" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "train_curve.png" in artifacts
+
+    # The pyfunc model loads back from MLflow and answers a DataFrame of questions with SQL.
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    pyfunc = mlflow.pyfunc.load_model(info["model_uri"])
+    answers = pyfunc.predict(pd.DataFrame({"question": ["how many patients are over 65?", "count women"]}))
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    local = Predictor(model_dir).predict(["how many patients are over 65?", "count women"])
+    assert list(answers) == local
+
+    # The zero-shot baseline sits beside the model and answers through the same code.
+    assert Predictor.baseline(model_dir).predict(["count women"])[0]
+
+
+def _tiny_t5(folder: Path, texts: list[str]) -> Path:
+    """A tiny pretrained-style T5 saved with save_pretrained: stands in for google/flan-t5-base."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = train_tokenizer(texts, 700)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=1,
+                      num_decoder_layers=1, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_reference_profile_applies_lora_and_saves_reloadable_adapters(tiny_project, real_splits) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from medsql import train
+    from medsql.util import load_params
+
+    root, params, write_params = tiny_project
+    rows = list(read_jsonl(real_splits / "train.jsonl"))[:300]
+    base_dir = _tiny_t5(root / "tiny-t5", [r["input"] for r in rows] + [r["sql"] for r in rows])
+    params["train"]["profile"] = "reference"
+    params["train"]["reference"].update(base_model=str(base_dir), epochs=1, per_device_batch_size=4)
+    write_params()
+
+    summary = train.run(load_params())
+    # LoRA: only the adapters train, a small fraction of the model.
+    assert 0 < summary["trainable_parameters"] < 0.5 * summary["parameters"]
+    model_dir = paths.MODEL
+    meta = json.loads((model_dir / "medsql.json").read_text())
+    assert meta["profile"] == "reference" and meta["target_form"] == "sql"
+    assert (model_dir / "adapter" / "adapter_config.json").is_file()
+    adapter_config = json.loads((model_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
+    assert set(adapter_config["target_modules"]) == {"q", "k", "v", "o"}
+
+    # Adapters reload onto the base; merged weights give the same outputs as base + adapters.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(["translate to SQL: how many patients are female?"], return_tensors="pt")
+    with_adapters = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_dir),
+                                              model_dir / "adapter").eval()
+    merged = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    base = AutoModelForSeq2SeqLM.from_pretrained(base_dir).eval()
+    decoder_input_ids = torch.zeros((1, 4), dtype=torch.long)
+    with torch.no_grad():
+        a = with_adapters(**batch, decoder_input_ids=decoder_input_ids).logits
+        b = merged(**batch, decoder_input_ids=decoder_input_ids).logits
+        c = base(**batch, decoder_input_ids=decoder_input_ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(b, c, atol=1e-4), "training changed nothing: LoRA was not applied"
+
+
+def test_training_killed_mid_run_resumes_from_last_checkpoint(tiny_project) -> None:
+    root, params, write_params = tiny_project
+    params["train"].update(epochs=6, eval_every_epochs=1, max_train_rows=160, per_device_batch_size=4)
+    write_params()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    command = [sys.executable, "-m", "medsql.train"]
+
+    first = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    checkpoint = None
+    while time.monotonic() < deadline and first.poll() is None:
+        done = [p for p in root.glob("checkpoints/*/checkpoint-*") if (p / "trainer_state.json").is_file()]
+        if done:
+            checkpoint = done[0]
+            first.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    first.wait()
+    assert checkpoint is not None, "no checkpoint appeared before the run ended"
+    assert not (root / "models" / "medsql" / "medsql.json").exists(), "the killed run must not finish"
+
+    second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming from {checkpoint}" in second.stdout + second.stderr
+    summary = json.loads((root / "metrics" / "train.json").read_text())
+    assert summary["resumed_from"] == checkpoint.name
+    assert summary["epochs_completed"] == pytest.approx(6.0)
+    assert (root / "models" / "medsql" / "medsql.json").is_file()
