@@ -32,11 +32,12 @@ VALIDATION_REPORT = "reports/validation"  # GX data docs site, written by the va
 
 STAGES = ["build_db", "ingest", "validate", "preprocess", "train", "build_suite", "evaluate",
           "analyze_errors", "register"]
-# Retries where a second try can succeed: resources and services (MLflow, the GPU worker, an
-# optional hub download). Deterministic transforms would fail the same way again, and a failed
-# validation is a verdict on the data: it fails the run at once.
+# Retries where a second try can succeed: tasks that depend on services or resources (MLflow,
+# the GPU worker's memory, an optional hub download for ingest). Local deterministic transforms
+# would fail the same way again, and a failed validation is a verdict on the data: it fails the
+# run at once.
 RETRIES = {"build_db": 0, "ingest": 2, "validate": 0, "preprocess": 0, "train": 1, "build_suite": 0,
-           "evaluate": 2, "analyze_errors": 1, "register": 3}
+           "evaluate": 2, "analyze_errors": 0, "register": 3}
 
 # Every task sees the run's configuration and id (templated at run time).
 RUN_ENV = {"MEDSQL_OVERRIDES": "{{ dag_run.conf | tojson }}", "MEDSQL_RUN_ID": "{{ run_id }}"}

@@ -13,7 +13,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from medsql.sqlform import AGGREGATES, COLUMN_TOKENS
@@ -23,11 +32,17 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>
 SCHEMA_TOKENS = COLUMN_TOKENS + [a for a in AGGREGATES if "_" in a]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A BPE tokenizer over lower-cased text, spaces kept as '▁' so decoding is lossless."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, individual_digits: bool = True) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer over lower-cased text, spaces kept as '▁' so decoding is lossless.
+
+    Digits are single tokens: copying a number (an age, a year, a subject id) from the question
+    is then one skill over ten tokens, not one per number the training split happens to hold.
+    """
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([metaspace, pre_tokenizers.Digits(individual_digits=True)])
+                               if individual_digits else metaspace)
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

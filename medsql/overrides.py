@@ -16,8 +16,9 @@ params.yaml stays as it is. DVC reads parameters from params.yaml only, so the r
    ``medsql.overrides``; the register stage also tags the model version with it.
 4. ``restore`` (the DAG's teardown, run whatever happened) puts the kept params.yaml back.
 
-So git never sees an edited params.yaml, ``dvc exp show`` lists the run with its values, and a
-later run without overrides re-runs exactly the stages whose recorded values differ. Runs share
+So no branch ever commits the overridden params.yaml (only the experiment ref holds it), the
+working copy is back as it was when the run ends, ``dvc exp show`` lists the run with its values,
+and a later run without overrides re-runs exactly the stages whose recorded values differ. Runs share
 one checkout, so the DAG allows one active run at a time. With no overrides every step is a no-op
 and the run is a plain ``dvc repro``, stage by stage.
 

@@ -5,7 +5,7 @@ goes through `Predictor`, so a model answers the same wherever it is asked.
 
 A model folder (what the train stage writes) holds the Hugging Face model and tokenizer plus
 `medsql.json` (how to build inputs and read outputs) and, for the compact target form,
-`values.json` (the literal values it may restore the casing of).
+`values.json` (a ValueIndex: the literal values whose casing a lower-case output gets back).
 """
 
 from __future__ import annotations
@@ -19,32 +19,15 @@ from typing import Any
 import sqlparse
 
 from medsql import paths
+from medsql.evaluation.recovery import ValueIndex
 from medsql.preprocess import model_input, normalise_question
-from medsql.sqlform import FormError, Query, parse_compact, render_sql
+from medsql.sqlform import FormError, parse_compact, render_sql
 
 MAX_QUESTION_CHARS = 500
 
 
 class PredictorError(RuntimeError):
     """A model that cannot be loaded or a question that cannot be asked (message says which)."""
-
-
-def restore_case(query: Query, values: dict[str, dict[str, str]]) -> Query:
-    """Give each condition literal the casing it has in the data (the compact form is lower-case).
-
-    `values` maps "TABLE.COLUMN" -> {lower-cased value: value as stored}. Literals not found
-    there keep their column's most common casing pattern (upper, title or lower).
-    """
-    conditions = []
-    for cond in query.conditions:
-        column = f"{cond.table}.{cond.column}"
-        known = values.get(column, {})
-        value = known.get(cond.value.lower())
-        if value is None:
-            style = known.get("\0style", "lower")
-            value = {"upper": cond.value.upper(), "capitalize": cond.value.capitalize()}.get(style, cond.value)
-        conditions.append(type(cond)(cond.table, cond.column, cond.op, value))
-    return Query(query.select, conditions)
 
 
 class Predictor:
@@ -63,7 +46,7 @@ class Predictor:
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         self.name = self.meta.get("name", model_dir.name)
         values_path = model_dir / "values.json"
-        self.values = json.loads(values_path.read_text()) if values_path.is_file() else {}
+        self.values = ValueIndex.load(values_path) if values_path.is_file() else None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(self.device).eval()
@@ -137,9 +120,12 @@ class Predictor:
         if self.meta["target_form"] != "compact":
             return output
         try:
-            return render_sql(restore_case(parse_compact(output), self.values))
+            query = parse_compact(output)
         except FormError:
             return output  # not expandable: return it as it came, so evaluation counts it wrong
+        # The compact form is lower-case: give literals their stored casing (no fuzzy matching
+        # here; that is value recovery, which evaluation reports separately).
+        return render_sql(self.values.recover_query(query, fuzzy=False) if self.values else query)
 
     def predict(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
         return [self.to_sql(o) for o in self.generate(questions, num_beams, batch_size)]

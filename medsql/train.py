@@ -27,7 +27,7 @@ from medsql.sqlform import logic_form, parse_sql, sql_to_compact
 from medsql.util import atomic_path, load_params, read_jsonl, write_json
 
 # Keys of train.reference that override the top-level train settings for that profile.
-REFERENCE_OVERRIDES = ("learning_rate", "epochs", "per_device_batch_size", "gradient_accumulation_steps",
+REFERENCE_OVERRIDES = ("optimizer", "learning_rate", "epochs", "per_device_batch_size", "gradient_accumulation_steps",
                        "warmup_ratio", "weight_decay", "max_grad_norm", "label_smoothing", "lr_scheduler",
                        "target_form")
 
@@ -60,50 +60,47 @@ def fingerprint(params: dict[str, Any]) -> str:
     return digest.hexdigest()[:12]
 
 
-def value_casings(rows: list[dict[str, Any]], db_path: Path) -> dict[str, dict[str, str]]:
-    """Known literal values per column (lower-case -> stored), for restoring a compact output's
-    casing: the real demo tables and dictionaries, and the training split's own literals."""
-    import sqlite3
-    from collections import Counter
+def swap_values(rows: list[dict[str, Any]], index, copies: int, seed: int) -> list[dict[str, Any]]:
+    """Copies of training pairs with their literals swapped for other real values of the column.
 
-    from medsql.schema import TABLES, column_type
+    A literal that the question states verbatim (most template questions, many natural ones) is
+    replaced, in the question and in the SQL alike, by another value the column really holds
+    (from the demo tables and code dictionaries: never the evaluation suite), and a number by
+    another number of as many digits. The model then has to copy values from the question rather
+    than remember which values go with which phrasing, which a small model trained from scratch
+    otherwise learns slowly.
+    """
+    import random
+    import re
 
-    values: dict[str, dict[str, str]] = {}
-    styles: dict[str, Counter] = {}
+    from medsql.sqlform import Condition, Query, render_sql
 
-    def add(column: str, value: str) -> None:
-        if any(ch.isalpha() for ch in value):
-            values.setdefault(column, {}).setdefault(value.lower(), value)
-            style = "upper" if value.isupper() else "capitalize" if value == value.capitalize() else "lower"
-            styles.setdefault(column, Counter())[style] += 1
-
-    for row in rows:  # training literals first: they are the dataset's own spelling
-        for cond in parse_sql(row["sql"]).conditions:
-            add(f"{cond.table}.{cond.column}", cond.value)
-    if db_path.is_file():
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
-            for table, columns in TABLES.items():
-                for column in columns:
-                    if column_type(table, column) != "TEXT":
-                        continue
-                    for (value,) in conn.execute(f'SELECT DISTINCT "{column}" FROM {table}'):
-                        if isinstance(value, str):
-                            add(f"{table}.{column}", value)
-            dictionaries = {"DIAGNOSES": "D_ICD_DIAGNOSES", "PROCEDURES": "D_ICD_PROCEDURES"}
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            for table, dictionary in dictionaries.items():
-                if dictionary in tables:
-                    for short, long in conn.execute(f"SELECT short_title, long_title FROM {dictionary}"):
-                        add(f"{table}.SHORT_TITLE", short)
-                        add(f"{table}.LONG_TITLE", long)
-            if "D_LABITEMS" in tables:
-                for label, fluid, category in conn.execute("SELECT label, fluid, category FROM D_LABITEMS"):
-                    add("LAB.LABEL", label)
-                    add("LAB.FLUID", fluid)
-                    add("LAB.CATEGORY", category)
-    for column, counter in styles.items():
-        values[column]["\0style"] = counter.most_common(1)[0][0]
-    return values
+    rng = random.Random(seed)
+    out = []
+    for _ in range(copies):
+        for row in rows:
+            query = parse_sql(row["sql"])
+            question = row["question"]
+            conditions = []
+            for cond in query.conditions:
+                old = cond.value.lower()
+                pattern = re.compile(rf"(?<![\w]){re.escape(old)}(?![\w])") if old.strip() else None
+                new = None
+                if pattern and pattern.search(question):
+                    if old.isdigit():
+                        new = str(rng.randrange(10 ** (len(old) - 1), 10 ** len(old))) if len(old) > 1 else old
+                    elif index is not None and (choices := index.values(cond.table, cond.column)):
+                        new = rng.choice(choices)
+                if new is None or '"' in new or (new.lower() != old and new.lower() in question):
+                    conditions.append(cond)
+                    continue
+                question = pattern.sub(new.lower().replace("\\", "\\\\"), question, count=1)
+                conditions.append(Condition(cond.table, cond.column, cond.op, new))
+            if question != row["question"]:
+                sql = render_sql(Query(query.select, conditions))
+                out.append(dict(row, question=question, input=row["input"].replace(row["question"], question),
+                                sql=sql, target=sql))
+    return out
 
 
 class WallClockLimit:
@@ -132,7 +129,8 @@ def build(settings: dict[str, Any], train: dict[str, Any], rows: list[dict[str, 
 
     if train["profile"] == "embedded":
         texts = [r["input"] for r in rows] + [target_text(r["sql"], settings["target_form"]) for r in rows]
-        tokenizer = modeling.train_tokenizer(texts, train["embedded"]["vocab_size"])
+        tokenizer = modeling.train_tokenizer(texts, train["embedded"]["vocab_size"],
+                                             train["embedded"].get("individual_digits", True))
         model = modeling.build_scratch_model(tokenizer, train["embedded"])
         return model, tokenizer, None
     base, tokenizer = modeling.load_pretrained(train["reference"]["base_model"])
@@ -161,6 +159,16 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     val_rows = load_rows("validation", None, settings["max_train_rows"] and max(8, settings["max_train_rows"] // 4))
     if not rows:
         raise SystemExit("train: the training split is empty")
+    values = None
+    if settings["target_form"] == "compact" or settings["augment_copies"]:
+        from medsql.evaluation.recovery import ValueIndex
+
+        # Real demo tables, code dictionaries and the training split's literals: never the suite.
+        values = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl") if paths.DB.is_file() else None
+    if settings["augment_copies"]:
+        extra = swap_values(rows, values, settings["augment_copies"], settings["seed"])
+        print(f"train: {len(extra)} value-swapped copies added to {len(rows)} training pairs")
+        rows = rows + extra
     model, tokenizer, _ = build(settings, train, rows)
     space_id = tokenizer.convert_tokens_to_ids("▁") if train["profile"] == "embedded" else None
 
@@ -192,7 +200,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "max_target_tokens": settings["max_target_tokens"],
         "base_model": train["reference"]["base_model"] if train["profile"] == "reference" else None,
     }
-    values = value_casings(rows, paths.DB) if settings["target_form"] == "compact" else {}
+    if settings["target_form"] != "compact":
+        values = None  # SQL targets keep their casing: nothing to restore
 
     def decoded_sql(ids) -> str:
         predictor = Predictor.__new__(Predictor)  # reuse the Predictor's decoding on in-memory parts
@@ -217,6 +226,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     args = Seq2SeqTrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=settings["epochs"],
+        max_steps=settings.get("max_steps") or -1,
         learning_rate=settings["learning_rate"],
         lr_scheduler_type=settings["lr_scheduler"],
         warmup_steps=settings["warmup_ratio"],  # a float below 1 is a ratio of all steps
@@ -262,6 +272,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
             callbacks=[WallClockLimit(settings["max_wall_minutes"])],
+            optimizers=(optimizer(settings, model), None),  # None: the Trainer's own schedule
         )
         last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
         if last:
@@ -299,6 +310,26 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def optimizer(settings: dict[str, Any], model):
+    """None (the Trainer's AdamW) or Adafactor with updates scaled to each weight's RMS.
+
+    T5 trained from scratch needs the scaling: its embeddings start at std 1 and its attention
+    weights near 0.01, so one absolute step size (AdamW's) is either too small for the first or
+    too large for the second. This is the optimizer T5 was pre-trained with.
+    """
+    if settings["optimizer"] == "adamw":
+        return None
+    if settings["optimizer"] != "adafactor":
+        raise SystemExit(f"params.yaml train.optimizer: {settings['optimizer']!r} is not adamw or adafactor")
+    from transformers.optimization import Adafactor
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": settings["weight_decay"]},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]  # norms: no decay
+    return Adafactor(groups, lr=settings["learning_rate"], scale_parameter=True, relative_step=False,
+                     warmup_init=False)
+
+
 def bf16_supported(cuda: bool) -> bool:
     """bf16 mixed precision where the hardware does it natively: CUDA, or a CPU with AVX512-BF16/AMX."""
     import torch
@@ -322,7 +353,7 @@ def _count(model) -> tuple[int, int]:
     return count_parameters(model)
 
 
-def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values: dict[str, Any]) -> None:
+def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values=None) -> None:
     """Save a self-contained model folder. LoRA models are saved twice: adapters alone in
     adapter/ (small, reloadable onto the base) and merged into the base at the top level."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -332,8 +363,8 @@ def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values: dic
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / "medsql.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if values:
-        (folder / "values.json").write_text(json.dumps(values, ensure_ascii=False))
+    if values is not None:
+        values.save(folder / "values.json")
 
 
 def save_baseline(params, train, settings, rows, folder: Path, meta: dict[str, Any]) -> None:
@@ -344,7 +375,7 @@ def save_baseline(params, train, settings, rows, folder: Path, meta: dict[str, A
     model, tokenizer, base = build(settings, train, rows)
     if base is not None:
         model = base  # the pretrained checkpoint itself, no adapters
-    save_model(model, tokenizer, folder, meta | {"name": f"baseline-{train['profile']}-zero-shot"}, {})
+    save_model(model, tokenizer, folder, meta | {"name": f"baseline-{train['profile']}-zero-shot"})
 
 
 def write_curve(history: list[dict[str, Any]]) -> Path:

@@ -47,7 +47,7 @@ def real_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_project(tmp_path: Path, real_splits: Path, monkeypatch: pytest.MonkeyPatch):
+def tiny_project(tmp_path: Path, real_splits: Path, mimicsql_db: Path, monkeypatch: pytest.MonkeyPatch):
     """A scratch project root with real split files, tiny train params and its own MLflow store.
 
     Yields (root, params); tests edit params and call `write_params()` via the returned helper.
@@ -65,6 +65,7 @@ def tiny_project(tmp_path: Path, real_splits: Path, monkeypatch: pytest.MonkeyPa
     params["train"]["embedded"] = dict(TINY_SHAPE)
     (tmp_path / "data").mkdir()
     shutil.copytree(real_splits, tmp_path / "data" / "splits")
+    (tmp_path / "data" / "mimicsql.db").symlink_to(mimicsql_db)
     original = paths.ROOT
     paths.set_root(tmp_path)
     monkeypatch.setenv("MEDSQL_ROOT", str(tmp_path))

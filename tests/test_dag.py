@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +46,8 @@ if dag is not None:
         out["tasks"][t.task_id] = {
             "queue": t.queue, "pool": t.pool, "pool_slots": t.pool_slots, "retries": t.retries,
             "backoff": t.retry_exponential_backoff, "upstream": sorted(t.upstream_task_ids),
-            "is_setup": t.is_setup, "is_teardown": t.is_teardown, "trigger_rule": str(t.trigger_rule),
+            "is_setup": t.is_setup, "is_teardown": t.is_teardown,
+            "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
             "command": t.bash_command, "cwd": t.cwd, "env": t.env, "type": type(t).__module__,
         }
 print("DAGJSON" + json.dumps(out))
@@ -368,48 +370,63 @@ def request(method: str, url: str, body: dict | None = None, token: str | None =
         return json.loads(reply.read() or b"{}")
 
 
-@pytest.mark.slow
-def test_standalone_rest_api_trigger_runs_to_success(tmp_path):
-    project = scratch_project(tmp_path)
+def trigger_with_standalone(project: Path, tmp_path: Path, conf: dict) -> tuple[str, dict]:
+    """`make airflow`'s script, then the REST API as a user would call it: log in, trigger, poll.
+
+    Returns the run's final state and its task states.
+    """
     port, home = free_port(), tmp_path / "airflow_home"
     env = airflow_env(home, project / "dags")
-    env.update({"AIRFLOW_PORT": str(port)})
-    log = (tmp_path / "standalone.log").open("w")
-    server = subprocess.Popen(["bash", "scripts/airflow_standalone.sh"], cwd=project, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    env["AIRFLOW_PORT"] = str(port)
+    log_path = tmp_path / "standalone.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(["bash", "scripts/airflow_standalone.sh"], cwd=project, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        password_file = home / "simple_auth_manager_passwords.json.generated"
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "standalone.log").read_text()[-5000:]
-            try:
-                if password_file.exists() and request("GET", f"{base}/api/v2/monitor/health"):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
+        while "log in as admin" not in log_path.read_text():  # the script's banner: Airflow answers
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()[-5000:]
             time.sleep(2)
-        password = json.loads(password_file.read_text())["admin"]
-        login = {"username": "admin", "password": password}
+        password_file = home / "simple_auth_manager_passwords.json.generated"
+        login = {"username": "admin", "password": json.loads(password_file.read_text())["admin"]}
         token = request("POST", f"{base}/auth/token", login)["access_token"]
-        while time.monotonic() < deadline:  # the DAG processor parses dags/ shortly after start
+        while True:  # the DAG processor parses dags/ shortly after start
             try:
-                request("GET", f"{base}/api/v2/dags/medsql_pipeline", token=token)
+                dag = request("GET", f"{base}/api/v2/dags/medsql_pipeline", token=token)
                 break
             except urllib.error.HTTPError:
+                assert time.monotonic() < deadline, log_path.read_text()[-5000:]
                 time.sleep(2)
+        assert dag["is_paused"] is False  # the script un-pauses new DAGs: Trigger just works
         run = request("POST", f"{base}/api/v2/dags/medsql_pipeline/dagRuns",
-                      {"logical_date": None, "conf": {}}, token=token)
+                      {"logical_date": None, "conf": conf}, token=token)
         run_url = f"{base}/api/v2/dags/medsql_pipeline/dagRuns/{run['dag_run_id']}"
         deadline = time.monotonic() + 1500
         state = run["state"]
         while state not in ("success", "failed") and time.monotonic() < deadline:
             time.sleep(5)
             state = request("GET", run_url, token=token)["state"]
-        assert state == "success", (tmp_path / "standalone.log").read_text()[-8000:]
-        versions, champion = registry_state(project)
-        assert champion is not None and len(versions) == 1
-    finally:
-        os.killpg(server.pid, 15)
+        tasks = request("GET", f"{run_url}/taskInstances", token=token)["task_instances"]
+        return state, {task["task_id"]: task["state"] for task in tasks}
+    finally:  # stop every process of the group this test started (the API server exits last)
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-        log.close()
+        for _ in range(30):
+            try:
+                os.killpg(server.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(1)
+        else:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_standalone_rest_api_trigger_runs_to_success(tmp_path):
+    project = scratch_project(tmp_path)
+    state, tasks = trigger_with_standalone(project, tmp_path, {})
+    assert state == "success", tasks
+    assert all(task_state == "success" for task_state in tasks.values()), tasks
+    versions, champion = registry_state(project)
+    assert champion is not None and len(versions) == 1

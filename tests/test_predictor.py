@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medsql.predictor import Predictor, PredictorError, restore_case
+from medsql.predictor import Predictor, PredictorError
 from medsql.sqlform import parse_sql
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,14 +58,13 @@ def test_missing_model_path_is_a_clear_error(tmp_path: Path) -> None:
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_restore_case_uses_known_values_then_the_column_style() -> None:
-    query = parse_sql('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN '
-                      'DIAGNOSES on DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" '
-                      '= "mal neo descend colon" AND DEMOGRAPHIC."GENDER" = "f"')
-    values = {"DIAGNOSES.SHORT_TITLE": {"mal neo descend colon": "Mal neo descend colon", "\0style": "capitalize"},
-              "DEMOGRAPHIC.GENDER": {"\0style": "upper"}}
-    restored = restore_case(query, values)
-    assert [c.value for c in restored.conditions] == ["Mal neo descend colon", "F"]
+def test_compact_output_gets_stored_casing_back(tiny_model: Path) -> None:
+    predictor = Predictor(tiny_model)
+    assert predictor.values is not None, "the train stage ships a value index in the model folder"
+    sql = predictor.to_sql('count_distinct demographic.subject_id where demographic.gender = " f " '
+                           'and demographic.admission_type = " emergency "')
+    assert parse_sql(sql).conditions[0].value == "F"
+    assert parse_sql(sql).conditions[1].value == "EMERGENCY"
 
 
 def test_pretty_formats_with_sqlparse() -> None:

@@ -26,6 +26,7 @@ Importable without MLflow or the trainer: the Predictor may use it too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -100,6 +101,7 @@ class ValueIndex:
     def __init__(self, counts: dict[tuple[str, str], tuple[Counter, Counter]], threshold: float = 85.0):
         """`counts`: (table, column) -> (training-literal counts, database counts) of each value."""
         self.threshold = threshold
+        self._counts = counts
         self._columns: dict[tuple[str, str], _ColumnValues] = {}
         for key, (train_counts, db_counts) in counts.items():
             casings: dict[str, list[str]] = defaultdict(list)
@@ -153,12 +155,28 @@ class ValueIndex:
                         counts[(cond.table, cond.column)][0][cond.value] += 1
         return cls(counts, threshold)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index as JSON (the train stage ships it inside the model folder)."""
+        data = {f"{t}.{c}": [dict(train), dict(db)] for (t, c), (train, db) in self._counts.items()}
+        Path(path).write_text(json.dumps({"threshold": self.threshold, "columns": data}, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ValueIndex:
+        data = json.loads(Path(path).read_text())
+        counts = {tuple(key.split(".", 1)): (Counter(train), Counter(db))
+                  for key, (train, db) in data["columns"].items()}
+        return cls(counts, data["threshold"])
+
     def values(self, table: str, column: str) -> list[str]:
         entry = self._columns.get((table, column))
         return list(entry.choices) if entry else []
 
-    def recover_value(self, table: str, column: str, value: str) -> str:
-        """The value recovery gives one literal of TABLE.COLUMN (unchanged when nothing fits)."""
+    def recover_value(self, table: str, column: str, value: str, fuzzy: bool = True) -> str:
+        """The value recovery gives one literal of TABLE.COLUMN (unchanged when nothing fits).
+
+        With fuzzy=False only the casing is restored (what expanding a lower-case compact output
+        needs): a known value's stored casing, else the column's casing pattern.
+        """
         kind = recoverable(table, column)
         entry = self._columns.get((table, column))
         if kind is None or entry is None:
@@ -168,7 +186,7 @@ class ValueIndex:
         stored = entry.by_lower.get(value.lower())
         if stored is not None:
             return stored
-        if kind == "fuzzy" and entry.choices:
+        if fuzzy and kind == "fuzzy" and entry.choices:
             best = process.extractOne(utils.default_process(value), entry.processed, scorer=fuzz.ratio,
                                       processor=None, score_cutoff=self.threshold)
             if best:
@@ -179,8 +197,8 @@ class ValueIndex:
             return value.upper() if entry.pattern == "upper" else value.title()
         return value
 
-    def recover_query(self, query: Query) -> Query:
-        conditions = [Condition(c.table, c.column, c.op, self.recover_value(c.table, c.column, c.value))
+    def recover_query(self, query: Query, fuzzy: bool = True) -> Query:
+        conditions = [Condition(c.table, c.column, c.op, self.recover_value(c.table, c.column, c.value, fuzzy))
                       for c in query.conditions]
         return Query(query.select, conditions)
 

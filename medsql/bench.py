@@ -1,0 +1,139 @@
+"""Benchmark: training throughput, inference latency and peak memory, on CPU or CUDA.
+
+    python -m medsql.bench                      # the embedded profile, as params.yaml sets it
+    python -m medsql.bench --flan-t5-base       # reference profile on a flan-t5-base-shaped T5
+    python -m medsql.bench --train-steps 50 --model models/medsql
+
+Training runs the real train stage (Seq2SeqTrainer) for a fixed number of steps in a scratch
+folder, so the project's model and MLflow store are untouched. Inference times the Predictor on
+the test split: one question at a time and in batches. Prints one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from medsql import paths
+from medsql.util import load_params, read_jsonl
+
+# google/flan-t5-base's shape (config.json of the hub model), built locally: no download.
+FLAN_T5_BASE = {"d_model": 768, "d_ff": 2048, "d_kv": 64, "num_heads": 12, "num_layers": 12,
+                "num_decoder_layers": 12, "feed_forward_proj": "gated-gelu", "vocab_size": 32128,
+                "tie_word_embeddings": False}
+
+
+def peak_memory_mb(cuda: bool) -> float:
+    if cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def flan_t5_base_shaped(folder: Path, texts: list[str]) -> Path:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from medsql.modeling import train_tokenizer
+
+    tokenizer = train_tokenizer(texts, 8000)
+    config = T5Config(**FLAN_T5_BASE, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def bench_training(params: dict, steps: int, flan: bool) -> dict:
+    import torch
+
+    from medsql import train
+
+    params = copy.deepcopy(params)
+    params["train"].update(max_steps=steps, eval_every_epochs=10**6, max_wall_minutes=0)
+    original = paths.ROOT
+    with tempfile.TemporaryDirectory(prefix="medsql-bench-") as scratch:
+        root = Path(scratch)
+        (root / "data").mkdir()
+        (root / "data" / "splits").symlink_to(original / "data" / "splits")
+        if (original / "data" / "mimicsql.db").is_file():
+            (root / "data" / "mimicsql.db").symlink_to(original / "data" / "mimicsql.db")
+        if flan:
+            rows = list(read_jsonl(original / "data" / "splits" / "train.jsonl"))
+            base = flan_t5_base_shaped(root / "flan-t5-base-shaped", [r["input"] for r in rows] + [r["sql"] for r in rows])
+            params["train"]["profile"] = "reference"
+            params["train"]["reference"]["base_model"] = str(base)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+        paths.set_root(root)
+        try:
+            summary = train.run(params)
+        finally:
+            paths.set_root(original)
+    cuda = torch.cuda.is_available()
+    return {
+        "profile": params["train"]["profile"] + (" (flan-t5-base shape)" if flan else ""),
+        "device": torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()} threads",
+        "train_steps": steps,
+        "train_wall_seconds": summary["train_seconds"],
+        "train_samples_per_second": summary["train_samples_per_second"],
+        "parameters": summary["parameters"],
+        "trainable_parameters": summary["trainable_parameters"],
+        "peak_memory_mb": round(peak_memory_mb(cuda), 1),
+    }
+
+
+def bench_inference(model: str, questions: list[str], batch_size: int) -> dict:
+    import torch
+
+    from medsql.predictor import Predictor
+
+    predictor = Predictor.load(model)
+    predictor.predict(questions[:2])  # warm-up
+    singles = questions[:20]
+    start = time.perf_counter()
+    for q in singles:
+        predictor.predict([q])
+    single_ms = (time.perf_counter() - start) * 1000 / len(singles)
+    start = time.perf_counter()
+    predictor.predict(questions, batch_size=batch_size)
+    batched_ms = (time.perf_counter() - start) * 1000 / len(questions)
+    return {
+        "model": str(predictor.model_dir), "num_beams": predictor.meta.get("num_beams"),
+        "single_ms_per_query": round(single_ms, 1),
+        f"batched_ms_per_query(batch {batch_size}, {len(questions)} questions)": round(batched_ms, 1),
+        "peak_memory_mb": round(peak_memory_mb(torch.cuda.is_available()), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-steps", type=int, default=100, help="0 skips the training benchmark")
+    parser.add_argument("--flan-t5-base", action="store_true", help="time the reference profile (LoRA) "
+                        "on a flan-t5-base-shaped model built locally")
+    parser.add_argument("--model", default="latest", help="model for inference timings ('' to skip)")
+    parser.add_argument("--questions", type=int, default=256, help="test questions for batched timing")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    results = {}
+    if args.train_steps:
+        results["training"] = bench_training(params, args.train_steps, args.flan_t5_base)
+    if args.model:
+        questions = [r["question"] for r in read_jsonl(paths.SPLITS / "test.jsonl")][: args.questions]
+        results["inference"] = bench_inference(args.model, questions, args.batch_size)
+    for section, figures in results.items():
+        for key, value in figures.items():
+            print(f"{section:9s} {key:55s} {value}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
