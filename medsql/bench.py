@@ -66,7 +66,8 @@ def bench_training(params: dict, steps: int, flan: bool) -> dict:
             (root / "data" / "mimicsql.db").symlink_to(original / "data" / "mimicsql.db")
         if flan:
             rows = list(read_jsonl(original / "data" / "splits" / "train.jsonl"))
-            base = flan_t5_base_shaped(root / "flan-t5-base-shaped", [r["input"] for r in rows] + [r["sql"] for r in rows])
+            texts = [r["input"] for r in rows] + [r["sql"] for r in rows]
+            base = flan_t5_base_shaped(root / "flan-t5-base-shaped", texts)
             params["train"]["profile"] = "reference"
             params["train"]["reference"]["base_model"] = str(base)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"

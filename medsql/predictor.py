@@ -51,6 +51,15 @@ class Predictor:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(self.device).eval()
 
+    @classmethod
+    def from_parts(cls, model, tokenizer, meta: dict[str, Any], values: ValueIndex | None) -> Predictor:
+        """A Predictor over objects in memory (the train stage validates through this)."""
+        predictor = cls.__new__(cls)
+        predictor.model_dir, predictor.name = None, meta.get("name", "in-memory")
+        predictor.model, predictor.tokenizer, predictor.meta, predictor.values = model, tokenizer, meta, values
+        predictor.device = next(model.parameters()).device if model is not None else "cpu"
+        return predictor
+
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, model: str = "latest") -> Predictor:

@@ -203,20 +203,19 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     if settings["target_form"] != "compact":
         values = None  # SQL targets keep their casing: nothing to restore
 
-    def decoded_sql(ids) -> str:
-        predictor = Predictor.__new__(Predictor)  # reuse the Predictor's decoding on in-memory parts
-        predictor.meta, predictor.values, predictor.tokenizer = meta, values, tokenizer
-        from medsql.modeling import decode_compact
-
-        if settings["target_form"] == "compact":
-            return predictor.to_sql(decode_compact(tokenizer, ids))
-        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    # Validation decodes exactly as the Predictor will: the same expansion and casing.
+    decoder = Predictor.from_parts(model, tokenizer, meta, values)
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         import numpy as np
 
+        from medsql.modeling import decode_compact
+
         preds = np.where(eval_pred.predictions < 0, tokenizer.pad_token_id, eval_pred.predictions)
-        hits = [logic_form(decoded_sql(p)) == logic_form(r["sql"]) for p, r in zip(preds, val_rows, strict=True)]
+        compact = settings["target_form"] == "compact"
+        outputs = [decode_compact(tokenizer, p) if compact else tokenizer.decode(p, skip_special_tokens=True)
+                   for p in preds]
+        hits = [logic_form(decoder.to_sql(o)) == logic_form(r["sql"]) for o, r in zip(outputs, val_rows, strict=True)]
         return {"logic_form_accuracy": float(np.mean(hits))}
 
     steps_per_epoch = max(1, len(train_ds) // (settings["per_device_batch_size"]
@@ -392,7 +391,7 @@ def write_curve(history: list[dict[str, Any]]) -> Path:
     with open(paths.METRICS / "train_curve.csv", "w") as f:
         f.write("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses))
     with open(paths.METRICS / "validation_curve.csv", "w") as f:
-        f.write("step,eval_loss,logic_form_accuracy\n" + "".join(f"{s},{l},{a}\n" for s, l, a in evals))
+        f.write("step,eval_loss,logic_form_accuracy\n" + "".join(f"{s},{e},{a}\n" for s, e, a in evals))
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(*zip(*losses, strict=True), label="training loss") if losses else None
     if evals:
