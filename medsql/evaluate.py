@@ -103,7 +103,7 @@ def score_system(rows: list[dict[str, Any]], predictions: list[str], index: Valu
     """One output row per test row: both SQL forms and their scores."""
     out = []
     for row, raw in zip(rows, predictions, strict=True):
-        recovered = index.recover(raw)
+        recovered = index.recover(raw, row["question"])
         scores = {"raw": score_prediction(raw, row["sql"], scorer),
                   "recovered": score_prediction(recovered, row["sql"], scorer)}
         out.append({
@@ -423,7 +423,7 @@ def main() -> None:
     predictions, names = {}, {}
     for system, predictor in load_systems(settings).items():
         started = time.perf_counter()
-        predictions[system] = predictor.predict(questions, num_beams=settings.get("num_beams"),
+        predictions[system] = predictor.predict(questions, recover=False, num_beams=settings.get("num_beams"),
                                                 batch_size=int(settings.get("batch_size", 32)))
         names[system] = predictor.name
         print(f"evaluate: {system} ({predictor.name}) predicted {len(rows)} rows "

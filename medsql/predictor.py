@@ -124,20 +124,26 @@ class Predictor:
                     outputs.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
         return outputs
 
-    def to_sql(self, output: str) -> str:
-        """A decoded output as SQL in the dataset's form (compact outputs are expanded)."""
-        if self.meta["target_form"] != "compact":
-            return output
-        try:
-            query = parse_compact(output)
-        except FormError:
-            return output  # not expandable: return it as it came, so evaluation counts it wrong
-        # The compact form is lower-case: give literals their stored casing (no fuzzy matching
-        # here; that is value recovery, which evaluation reports separately).
-        return render_sql(self.values.recover_query(query, fuzzy=False) if self.values else query)
+    def to_sql(self, output: str, question: str | None = None) -> str:
+        """A decoded output as SQL in the dataset's form (compact outputs are expanded).
 
-    def predict(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
-        return [self.to_sql(o) for o in self.generate(questions, num_beams, batch_size)]
+        With the question, literals also go through value recovery (snapped to values the data
+        holds or to the question's own words); without it only their casing is restored.
+        """
+        if self.meta["target_form"] == "compact":
+            try:
+                query = parse_compact(output)
+            except FormError:
+                return output  # not expandable: return it as it came, so evaluation counts it wrong
+            # The compact form is lower-case: literals get their stored casing back.
+            output = render_sql(self.values.recover_query(query, fuzzy=False) if self.values else query)
+        return self.values.recover(output, question) if self.values and question else output
+
+    def predict(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32,
+                recover: bool = True) -> list[str]:
+        """SQL for each question; `recover=False` gives the model's output without value recovery."""
+        outputs = self.generate(questions, num_beams, batch_size)
+        return [self.to_sql(o, q if recover else None) for o, q in zip(outputs, questions, strict=True)]
 
     def timed_predict(self, question: str, num_beams: int | None = None) -> tuple[str, float]:
         start = time.perf_counter()

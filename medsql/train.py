@@ -159,12 +159,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     val_rows = load_rows("validation", None, settings["max_train_rows"] and max(8, settings["max_train_rows"] // 4))
     if not rows:
         raise SystemExit("train: the training split is empty")
-    values = None
-    if settings["target_form"] == "compact" or settings["augment_copies"]:
-        from medsql.evaluation.recovery import ValueIndex
+    from medsql.evaluation.recovery import ValueIndex
 
-        # Real demo tables, code dictionaries and the training split's literals: never the suite.
-        values = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl") if paths.DB.is_file() else None
+    # The values literals may take, shipped in the model folder for casing and value recovery:
+    # real demo tables, code dictionaries and the training split's literals, never the suite.
+    values = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl") if paths.DB.is_file() else None
     if settings["augment_copies"]:
         extra = swap_values(rows, values, settings["augment_copies"], settings["seed"])
         print(f"train: {len(extra)} value-swapped copies added to {len(rows)} training pairs")
@@ -200,8 +199,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "max_target_tokens": settings["max_target_tokens"],
         "base_model": train["reference"]["base_model"] if train["profile"] == "reference" else None,
     }
-    if settings["target_form"] != "compact":
-        values = None  # SQL targets keep their casing: nothing to restore
 
     # Validation decodes exactly as the Predictor will: the same expansion and casing.
     decoder = Predictor.from_parts(model, tokenizer, meta, values)
@@ -211,11 +208,16 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
         from medsql.modeling import decode_compact
 
-        preds = np.where(eval_pred.predictions < 0, tokenizer.pad_token_id, eval_pred.predictions)
-        compact = settings["target_form"] == "compact"
-        outputs = [decode_compact(tokenizer, p) if compact else tokenizer.decode(p, skip_special_tokens=True)
-                   for p in preds]
-        hits = [logic_form(decoder.to_sql(o)) == logic_form(r["sql"]) for o, r in zip(outputs, val_rows, strict=True)]
+        def texts(ids) -> list[str]:
+            ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+            if settings["target_form"] == "compact":
+                return [decoder.to_sql(decode_compact(tokenizer, row)) for row in ids]
+            return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+        # Compare with the labels of the same batch: the eval sampler may reorder rows (length
+        # grouping), so the order of val_rows says nothing about the order of predictions.
+        hits = [logic_form(p) == logic_form(g)
+                for p, g in zip(texts(eval_pred.predictions), texts(eval_pred.label_ids), strict=True)]
         return {"logic_form_accuracy": float(np.mean(hits))}
 
     steps_per_epoch = max(1, len(train_ds) // (settings["per_device_batch_size"]
@@ -355,8 +357,10 @@ def _count(model) -> tuple[int, int]:
 def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values=None) -> None:
     """Save a self-contained model folder. LoRA models are saved twice: adapters alone in
     adapter/ (small, reloadable onto the base) and merged into the base at the top level."""
+    from peft import PeftModel
+
     folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config"):
+    if isinstance(model, PeftModel):
         model.save_pretrained(folder / "adapter")
         model = model.merge_and_unload()
     model.save_pretrained(folder)
@@ -367,13 +371,20 @@ def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values=None
 
 
 def save_baseline(params, train, settings, rows, folder: Path, meta: dict[str, Any]) -> None:
-    """The zero-shot baseline: the base model before any fine-tuning, with the same decoding."""
+    """The zero-shot baseline: the base model before any fine-tuning, with the same decoding.
+
+    Reference profile: the pretrained checkpoint itself, loaded afresh (get_peft_model injects
+    the adapters into the model it wraps). Embedded profile: the same T5 at its initial weights.
+    """
     from transformers import set_seed
 
+    from medsql import modeling
+
     set_seed(settings["seed"])
-    model, tokenizer, base = build(settings, train, rows)
-    if base is not None:
-        model = base  # the pretrained checkpoint itself, no adapters
+    if train["profile"] == "reference":
+        model, tokenizer = modeling.load_pretrained(train["reference"]["base_model"])
+    else:
+        model, tokenizer, _ = build(settings, train, rows)
     save_model(model, tokenizer, folder, meta | {"name": f"baseline-{train['profile']}-zero-shot"})
 
 

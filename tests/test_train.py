@@ -127,6 +127,12 @@ def test_reference_profile_applies_lora_and_saves_reloadable_adapters(tiny_proje
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(b, c, atol=1e-4), "training changed nothing: LoRA was not applied"
 
+    # The zero-shot baseline is the base checkpoint itself, untouched by the adapters.
+    baseline = AutoModelForSeq2SeqLM.from_pretrained(model_dir / "baseline").eval()
+    with torch.no_grad():
+        d = baseline(**batch, decoder_input_ids=decoder_input_ids).logits
+    assert torch.allclose(c, d, atol=1e-6)
+
 
 def test_training_killed_mid_run_resumes_from_last_checkpoint(tiny_project) -> None:
     root, params, write_params = tiny_project

@@ -5,6 +5,9 @@ truncated). Recovery replaces each condition literal with the closest value pres
 column:
 
 - exact (case-sensitive) hit: kept;
+- when the question is given and the literal is not a known value: the closest span of the
+  question's words (the value a template question states verbatim, copied imperfectly by the
+  model); a span that is a known value wins, then the fuzzy match of the literal, then the span;
 - case-insensitive hit: the stored casing (the training split's casing first, then the database's);
 - otherwise, for free-text columns only, the best fuzzy match (rapidfuzz ratio on normalised
   strings) at or above a threshold;
@@ -98,9 +101,11 @@ class _ColumnValues:
 class ValueIndex:
     """The values each text column may hold, from the demo database and the training split."""
 
-    def __init__(self, counts: dict[tuple[str, str], tuple[Counter, Counter]], threshold: float = 85.0):
+    def __init__(self, counts: dict[tuple[str, str], tuple[Counter, Counter]], threshold: float = 85.0,
+                 span_threshold: float = 60.0):
         """`counts`: (table, column) -> (training-literal counts, database counts) of each value."""
         self.threshold = threshold
+        self.span_threshold = span_threshold
         self._counts = counts
         self._columns: dict[tuple[str, str], _ColumnValues] = {}
         for key, (train_counts, db_counts) in counts.items():
@@ -171,7 +176,8 @@ class ValueIndex:
         entry = self._columns.get((table, column))
         return list(entry.choices) if entry else []
 
-    def recover_value(self, table: str, column: str, value: str, fuzzy: bool = True) -> str:
+    def recover_value(self, table: str, column: str, value: str, fuzzy: bool = True,
+                      question: str | None = None) -> str:
         """The value recovery gives one literal of TABLE.COLUMN (unchanged when nothing fits).
 
         With fuzzy=False only the casing is restored (what expanding a lower-case compact output
@@ -179,30 +185,48 @@ class ValueIndex:
         """
         kind = recoverable(table, column)
         entry = self._columns.get((table, column))
-        if kind is None or entry is None:
+        if entry is not None and value in entry.exact:
             return value
-        if value in entry.exact:
-            return value
-        stored = entry.by_lower.get(value.lower())
-        if stored is not None:
+        stored = entry.by_lower.get(value.lower()) if entry is not None else None
+        if stored is not None and kind is not None:
             return stored
+        span = self._question_span(value, question) if fuzzy and question else None
+        if kind is None or entry is None:  # numbers, dates, ids: only the question can fix them
+            return span if span is not None else value
+        if span is not None:
+            known = entry.by_lower.get(span.lower())
+            if known is not None:
+                return known
         if fuzzy and kind == "fuzzy" and entry.choices:
             best = process.extractOne(utils.default_process(value), entry.processed, scorer=fuzz.ratio,
                                       processor=None, score_cutoff=self.threshold)
             if best:
                 return entry.choices[best[2]]
+        if span is not None:
+            value = span
         # Unknown value whose casing was lost (a lower-cased output): the column's casing pattern,
         # e.g. a patient name missing from the demo is still written "First Last".
         if value == value.lower() and entry.pattern:
             return value.upper() if entry.pattern == "upper" else value.title()
         return value
 
-    def recover_query(self, query: Query, fuzzy: bool = True) -> Query:
-        conditions = [Condition(c.table, c.column, c.op, self.recover_value(c.table, c.column, c.value, fuzzy))
+    def _question_span(self, value: str, question: str, max_words: int = 12) -> str | None:
+        """The run of the question's words closest to `value` (None when none is close enough)."""
+        words = question.lower().split()
+        spans = {" ".join(words[i:j]).strip("?.,!;:") for i in range(len(words))
+                 for j in range(i + 1, min(len(words), i + max_words) + 1)}
+        if not value.strip() or value.lower() in spans:
+            return None  # empty, or copied exactly: nothing to snap
+        best = process.extractOne(value.lower(), list(spans), scorer=fuzz.ratio, score_cutoff=self.span_threshold)
+        return best[0] if best else None
+
+    def recover_query(self, query: Query, fuzzy: bool = True, question: str | None = None) -> Query:
+        conditions = [Condition(c.table, c.column, c.op,
+                                self.recover_value(c.table, c.column, c.value, fuzzy, question))
                       for c in query.conditions]
         return Query(query.select, conditions)
 
-    def recover(self, sql: str) -> str:
+    def recover(self, sql: str, question: str | None = None) -> str:
         """SQL with its condition literals recovered; SQL outside the dataset's grammar is returned as is.
 
         Only the literals change: the rest of the prediction is kept character for character, so
@@ -212,7 +236,7 @@ class ValueIndex:
             query = parse_sql(sql)
         except FormError:
             return sql
-        recovered = self.recover_query(query)
+        recovered = self.recover_query(query, question=question)
         if recovered.conditions == query.conditions:
             return sql
         where = _WHERE.search(sql)
