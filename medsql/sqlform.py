@@ -162,7 +162,7 @@ def sql_to_compact(sql: str) -> str:
     return to_compact(parse_sql(sql))
 
 
-_COMPACT_CONDITION = re.compile(r'^(?P<col>\w+\.\w+)\s*(?P<op><=|>=|!=|=|<|>)\s*"(?P<value>[^"]*)"$')
+_COMPACT_CONDITION = re.compile(r'(?P<col>\w+\.\w+)\s*(?P<op><=|>=|!=|=|<|>)\s*"(?P<value>[^"]*)"')
 
 
 def parse_compact(text: str) -> Query:
@@ -180,22 +180,16 @@ def parse_compact(text: str) -> Query:
             raise FormError(f"bad select item {item!r}")
     conditions = []
     if where:
-        # Split on ` and ` only outside quotes: values may contain "and".
-        parts, buf, quoted = [], [], False
-        for word in where.split(" "):
-            if word == '"':
-                quoted = not quoted
-            if word == "and" and not quoted:
-                parts.append(" ".join(buf))
-                buf = []
-            else:
-                buf.append(word)
-        parts.append(" ".join(buf))
-        for part in parts:
-            c = _COMPACT_CONDITION.match(part.strip())
-            if not c:
-                raise FormError(f"bad condition {part!r}")
-            conditions.append(Condition(*_column(c["col"]), c["op"], c["value"].strip()))
+        # Conditions are `col op " value "` joined by `and`; values may hold "and" themselves,
+        # so read them off the quotes (spacing around a value is not significant).
+        pos = 0
+        for i, c in enumerate(_COMPACT_CONDITION.finditer(where)):
+            if where[pos:c.start()].strip() != ("and" if i else ""):
+                raise FormError(f"bad condition near {where[pos:c.end()]!r}")
+            conditions.append(Condition(*_column(c["col"]), c["op"], " ".join(c["value"].split())))
+            pos = c.end()
+        if not conditions or where[pos:].strip():
+            raise FormError(f"bad condition {where[pos:]!r}")
     if not select:
         raise FormError("nothing selected")
     return Query(select, conditions)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medsql import paths, tracking
+from medsql import modeling, paths, tracking
 from medsql.sqlform import logic_form, parse_sql, sql_to_compact
 from medsql.util import atomic_path, load_params, read_jsonl, write_json
 
@@ -169,15 +169,20 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         print(f"train: {len(extra)} value-swapped copies added to {len(rows)} training pairs")
         rows = rows + extra
     model, tokenizer, _ = build(settings, train, rows)
-    space_id = tokenizer.convert_tokens_to_ids("▁") if train["profile"] == "embedded" else None
+    compact = settings["target_form"] == "compact"
+    # A lone '▁' right before a schema token (`where ▁ diagnoses.short_title`) carries nothing:
+    # drop it from the labels. Elsewhere it is a real space (before a number, inside a date).
+    schema_ids = set(tokenizer.convert_tokens_to_ids(modeling.SCHEMA_TOKENS)) if compact else set()
+    space_id = tokenizer.convert_tokens_to_ids("▁") if compact else None
+
+    def drop_idle_spaces(ids: list[int]) -> list[int]:
+        return [i for i, nxt in zip(ids, ids[1:] + [None], strict=True) if not (i == space_id and nxt in schema_ids)]
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(batch["input"], truncation=True, max_length=settings["max_input_tokens"])
         labels = tokenizer(text_target=[target_text(s, settings["target_form"]) for s in batch["sql"]],
                            truncation=True, max_length=settings["max_target_tokens"])["input_ids"]
-        if space_id is not None:  # a lone '▁' before a schema token carries nothing: drop it
-            labels = [[i for i in ids if i != space_id] for ids in labels]
-        enc["labels"] = labels
+        enc["labels"] = [drop_idle_spaces(ids) for ids in labels] if compact else labels
         return enc
 
     columns = ["input", "sql"]

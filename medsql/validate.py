@@ -45,7 +45,7 @@ from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from sqlglot import exp  # noqa: E402
 
 from medsql import paths  # noqa: E402
-from medsql.ingest import normalise_sql  # noqa: E402
+from medsql.ingest import IngestError, normalise_sql, read_jsonl_objects  # noqa: E402
 from medsql.schema import TABLES, has_column  # noqa: E402
 from medsql.sqlform import to_single_quotes  # noqa: E402
 from medsql.util import load_params, write_json  # noqa: E402
@@ -110,22 +110,16 @@ def load_ingested(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise ValidateError(f"{path}: file not found (run the ingest stage)")
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValidateError(f"{path} line {line_no}: not valid JSON: {err}") from None
-            if not isinstance(record, dict):
-                raise ValidateError(f"{path} line {line_no}: not a JSON object")
+    try:
+        for line_no, record in read_jsonl_objects(path, str(path)):
             for name in CANONICAL_FIELDS:
                 if record.get(name) is not None and not isinstance(record[name], str):
                     raise ValidateError(f"{path} line {line_no}: field {name!r} is not a string")
             row = {name: record.get(name) for name in CANONICAL_FIELDS}
             row["origin"] = row["origin"] or f"{path}:{line_no}"
             rows.append(row)
+    except IngestError as err:  # malformed line: the same message ingest gives
+        raise ValidateError(str(err)) from None
     if not rows:
         raise ValidateError(f"{path}: no records")
     return pd.DataFrame(rows, columns=list(CANONICAL_FIELDS))

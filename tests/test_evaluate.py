@@ -8,32 +8,19 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 
 import pytest
+from dbtools import make_db
 
 from medsql import analyze_errors, evaluate, paths
 from medsql.evaluation.metrics import ExecutionScorer
 from medsql.evaluation.recovery import ValueIndex
-from medsql.schema import TABLES, column_type
 
 PANC = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
         'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "Acute pancreatitis"')
 FEMALE = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC '
           'WHERE DEMOGRAPHIC."GENDER" = "F"')
 WORDINGS = ("template", "natural", "natural_v2")
-
-
-def make_db(path, diagnoses):
-    conn = sqlite3.connect(path)
-    for table, columns in TABLES.items():
-        spec = ", ".join(f'"{c}" {column_type(table, c)}' for c in columns)
-        conn.execute(f'CREATE TABLE "{table}" ({spec})')
-    conn.execute("INSERT INTO DEMOGRAPHIC (SUBJECT_ID, HADM_ID, AGE, GENDER) VALUES "
-                 "('10', '1', 40, 'M'), ('20', '2', 70, 'F')")
-    conn.executemany("INSERT INTO DIAGNOSES (SUBJECT_ID, HADM_ID, SHORT_TITLE) VALUES (?, ?, ?)", diagnoses)
-    conn.commit()
-    conn.close()
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 
 import pytest
+from dbtools import make_db
 
 from medsql.evaluation.metrics import (
     ExecutionScorer,
@@ -20,7 +20,6 @@ from medsql.evaluation.metrics import (
     token_prf_multiset,
     token_prf_set,
 )
-from medsql.schema import TABLES, column_type
 
 GOLD = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
         'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "Acute pancreatitis" '
@@ -114,19 +113,6 @@ def test_paired_difference():
 
 
 # ---- execution metrics on tiny databases ------------------------------------------------------
-def make_db(path, diagnoses: list[tuple[str, str, str]]) -> None:
-    """The five MIMICSQL tables (original typing); DEMOGRAPHIC has admissions 1 and 2."""
-    conn = sqlite3.connect(path)
-    for table, columns in TABLES.items():
-        spec = ", ".join(f'"{c}" {column_type(table, c)}' for c in columns)
-        conn.execute(f'CREATE TABLE "{table}" ({spec})')
-    conn.execute('INSERT INTO DEMOGRAPHIC (SUBJECT_ID, HADM_ID, AGE, GENDER) VALUES '
-                 "('10', '1', 40, 'M'), ('20', '2', 70, 'F')")
-    conn.executemany("INSERT INTO DIAGNOSES (SUBJECT_ID, HADM_ID, SHORT_TITLE) VALUES (?, ?, ?)", diagnoses)
-    conn.commit()
-    conn.close()
-
-
 @pytest.fixture
 def dbs(tmp_path):
     demo = tmp_path / "demo.db"

@@ -117,3 +117,22 @@ def test_a_lost_casing_follows_the_columns_pattern(index_files):
     assert index.recover_value("DEMOGRAPHIC", "NAME", "Robert clayton") == "Robert clayton"  # casing given
     # Titles mix casings: no pattern, the literal stays as predicted.
     assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "zebra fever") == "zebra fever"
+
+
+def test_literals_snap_to_the_questions_own_words(index_files):
+    index = ValueIndex.build(*index_files)
+    # A drug no value source holds, copied imperfectly from the question: the question's words win.
+    drug = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN PRESCRIPTIONS on '
+            'DEMOGRAPHIC.HADM_ID = PRESCRIPTIONS.HADM_ID WHERE PRESCRIPTIONS."DRUG" = "{drug}"')
+    question = "how many patients were prescribed clopidogrel bisulfate?"
+    assert index.recover(drug.format(drug="clopidgrel bisulfte"), question) == drug.format(drug="clopidogrel bisulfate")
+    # A number garbled in copying comes back from the question; one copied exactly stays.
+    assert index.recover_value("DEMOGRAPHIC", "SUBJECT_ID", "3001", question="subject id 30011 ?") == "30011"
+    assert index.recover_value("DEMOGRAPHIC", "AGE", "45", question="younger than 45 or 60") == "45"
+    # A span that is a known value takes the stored casing.
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "acute pancretis",
+                               question="count patients with acute pancreatitis") == "Acute pancreatitis"
+    # Far from every span: left as it was (no question word is near "hypertension").
+    assert index.recover_value("DEMOGRAPHIC", "AGE", "45", question="how many women?") == "45"
+    # Without the question, nothing question-based happens.
+    assert index.recover_value("DEMOGRAPHIC", "SUBJECT_ID", "3001") == "3001"
