@@ -135,6 +135,8 @@ def inspect_sql(sql: str) -> tuple[str, str | None]:
         return f"parse error: {first.get('description', err)}{where}", None
     except sqlglot.errors.SqlglotError as err:  # e.g. an unterminated string literal
         return f"parse error: {str(err)[:120]}", None
+    except RecursionError:  # pathologically nested input
+        return "parse error: nested too deeply to read", None
     if not trees:
         return "empty", None
     if len(trees) > 1:

@@ -95,3 +95,10 @@ def test_analyze_counts_shares_and_examples():
     assert report.startswith("# Error analysis")
     for title, _, fix in CATEGORIES.values():
         assert title in report and fix in report
+
+
+def test_token_soup_that_makes_the_parser_recurse_is_a_syntax_error():
+    # What an untrained (zero-shot, from-scratch) baseline really emitted: deep unclosed parentheses.
+    soup = "opressopress" + " (onc" * 60
+    diagnosis = classify(soup, GOLD, executable=False)
+    assert diagnosis.primary == "syntax_error"

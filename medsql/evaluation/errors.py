@@ -104,7 +104,7 @@ def read_tree(sql: str) -> Tree | None:
     """The parts of a query, or None when sqlglot cannot read it as one SELECT."""
     try:
         tree = sqlglot.parse_one(to_single_quotes(sql), read="sqlite")
-    except (SqlglotError, ValueError):
+    except (SqlglotError, ValueError, RecursionError):  # model output can be any token soup
         return None
     outer = tree
     if not isinstance(tree, exp.Select):  # UNION/INTERSECT/...: compare its first SELECT
