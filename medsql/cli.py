@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument(
         "--model", default="latest",
         help="'latest' (models/medsql), 'champion'/'challenger' (registry alias), a model folder, "
-             "or an MLflow model URI (models:/name@alias, runs:/id/model)",
+             "or an MLflow model URI (models:/name@alias, models:/m-<id>)",
     )
     ask.add_argument("--beams", type=int, default=None, help="beam size (default: the model's)")
     ask.add_argument("--no-pretty", dest="pretty", action="store_false", help="print the raw SQL line")

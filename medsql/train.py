@@ -307,8 +307,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             model_info = log_pyfunc(staged)
             (staged / "mlflow.json").write_text(json.dumps({
                 "run_id": active.info.run_id,
-                "model_uri": f"runs:/{active.info.run_id}/model",
-                "logged_model_uri": model_info.model_uri,
+                "model_uri": model_info.model_uri,  # MLflow 3: the logged model's own URI (models:/m-...)
                 "tracking_uri": tracking.tracking_uri(),
             }, indent=2) + "\n")
     write_json(paths.METRICS / "train.json", summary)

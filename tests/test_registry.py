@@ -51,8 +51,8 @@ def store(tmp_path, monkeypatch):
 def log_model(sql: str) -> tuple[str, str]:
     """A real logged pyfunc model; returns (run_id, model_uri) as the train stage records them."""
     with mlflow.start_run() as run:
-        mlflow.pyfunc.log_model(name="model", python_model=FixedSQL(sql), pip_requirements=["mlflow"])
-    return run.info.run_id, f"runs:/{run.info.run_id}/model"
+        info = mlflow.pyfunc.log_model(name="model", python_model=FixedSQL(sql), pip_requirements=["mlflow"])
+    return run.info.run_id, info.model_uri
 
 
 def register(run: tuple[str, str], accuracy: float):
