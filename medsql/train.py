@@ -286,6 +286,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         result = trainer.train(resume_from_checkpoint=last)
         wall = time.time() - started
+        history = list(trainer.state.log_history)  # the curve: training only, not the re-evaluation below
         final_eval = trainer.evaluate()
         summary = {
             "train_loss": float(result.training_loss),
@@ -301,7 +302,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         with atomic_path(paths.MODEL) as staged:
             save_model(trainer.model, tokenizer, staged, meta, values)
             save_baseline(params, train, settings, rows, staged / "baseline", meta)
-            curve = write_curve(trainer.state.log_history)
+            curve = write_curve(history)
             mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
             mlflow.log_artifact(str(curve))
             model_info = log_pyfunc(staged)

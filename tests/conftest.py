@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uri_variables():
+    """mlflow.set_tracking_uri / set_registry_uri also write MLFLOW_*_URI into os.environ, beyond
+    monkeypatch's reach: put them back after each test, so that no later test (or the DVC and
+    Airflow subprocesses it starts) logs or registers into an earlier test's store."""
+    saved = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 # ---- ingest / validate (tests/test_ingest.py, tests/test_validate.py) --------------------------
 
