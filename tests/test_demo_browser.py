@@ -192,6 +192,8 @@ def test_real_models_answer_on_the_page(page, serve, tmp_path):
         assert panel.locator("table.results, .error-panel").count() == 1
         assert panel.locator(".badge").count() == 3
     assert page.locator("#gold").is_visible()
+    # The trained model answers this dataset question with SQL that runs and returns a table.
+    assert page.locator("#panel-champion table.results").is_visible()
     _screenshot(page)
     assert sha256(db) == before
 
