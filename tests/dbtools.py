@@ -7,12 +7,17 @@ import sqlite3
 from medsql.schema import TABLES, column_type
 
 
-def make_db(path, diagnoses: list[tuple[str, str, str]]) -> None:
-    """The five MIMICSQL tables; DEMOGRAPHIC has admissions 1 (M, 40) and 2 (F, 70)."""
-    conn = sqlite3.connect(path)
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The five MIMICSQL tables, empty, with the original build's column types."""
     for table, columns in TABLES.items():
         spec = ", ".join(f'"{c}" {column_type(table, c)}' for c in columns)
         conn.execute(f'CREATE TABLE "{table}" ({spec})')
+
+
+def make_db(path, diagnoses: list[tuple[str, str, str]]) -> None:
+    """The five MIMICSQL tables; DEMOGRAPHIC has admissions 1 (M, 40) and 2 (F, 70)."""
+    conn = sqlite3.connect(path)
+    create_schema(conn)
     conn.execute("INSERT INTO DEMOGRAPHIC (SUBJECT_ID, HADM_ID, AGE, GENDER) VALUES "
                  "('10', '1', 40, 'M'), ('20', '2', 70, 'F')")
     conn.executemany("INSERT INTO DIAGNOSES (SUBJECT_ID, HADM_ID, SHORT_TITLE) VALUES (?, ?, ?)", diagnoses)

@@ -21,10 +21,8 @@ MIMICSQL_DIR = resolve(load_params()["data"]["mimicsql_dir"])
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("db") / "mimicsql.db"
-    build_db.build(DEMO_DIR, out)
-    return out
+def db(mimicsql_db) -> Path:
+    return mimicsql_db  # built once a session by conftest, with build_db.build
 
 
 @pytest.fixture(scope="module")

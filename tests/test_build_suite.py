@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medsql import build_db, build_suite
+from medsql import build_suite
 from medsql.executor import ExecutionResult
 from medsql.sqlform import parse_sql, render_sql
 from medsql.util import load_params, resolve, write_jsonl
@@ -54,10 +54,8 @@ def dataset_records(keys: set[str] | None = None) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def demo_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("db") / "mimicsql.db"
-    build_db.build(DEMO_DIR, path)
-    return path
+def demo_db(mimicsql_db) -> Path:
+    return mimicsql_db  # built once a session by conftest, with build_db.build
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import json
 import sqlite3
 
 import pytest
+from dbtools import create_schema
 
 from medsql.evaluation.recovery import ValueIndex
-from medsql.schema import TABLES, column_type
 
 SQL = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
        'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "{title}" '
@@ -19,9 +19,7 @@ SQL = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNE
 def index_files(tmp_path):
     db = tmp_path / "mimicsql.db"
     conn = sqlite3.connect(db)
-    for table, columns in TABLES.items():
-        spec = ", ".join(f'"{c}" {column_type(table, c)}' for c in columns)
-        conn.execute(f'CREATE TABLE "{table}" ({spec})')
+    create_schema(conn)
     conn.execute('CREATE TABLE D_ICD_DIAGNOSES ("ROW_ID" TEXT, "ICD9_CODE" TEXT, "SHORT_TITLE" TEXT, '
                  '"LONG_TITLE" TEXT)')
     conn.executemany("INSERT INTO DIAGNOSES (SUBJECT_ID, HADM_ID, ICD9_CODE, SHORT_TITLE) "
