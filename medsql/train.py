@@ -103,24 +103,20 @@ def swap_values(rows: list[dict[str, Any]], index, copies: int, seed: int) -> li
     return out
 
 
-class WallClockLimit:
-    """Stops training after `minutes` of wall time (0: never); the best checkpoint is still kept."""
+def wall_clock_limit(minutes: float):
+    """A callback that stops training after `minutes` of wall time (0: never); the stop triggers
+    a last evaluation and checkpoint, and the best checkpoint is still the one kept."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, minutes: float):
-        from transformers import TrainerCallback
+    deadline = time.monotonic() + minutes * 60 if minutes else None
 
-        class _Limit(TrainerCallback):
-            def __init__(self) -> None:
-                self.deadline = time.monotonic() + minutes * 60 if minutes else None
+    class WallClockLimit(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if deadline and time.monotonic() > deadline:
+                control.should_training_stop = control.should_evaluate = control.should_save = True
+            return control
 
-            def on_step_end(self, args, state, control, **kwargs):
-                if self.deadline and time.monotonic() > self.deadline:
-                    control.should_training_stop = True
-                    control.should_evaluate = True
-                    control.should_save = True
-                return control
-
-        return _Limit()
+    return WallClockLimit()
 
 
 def build(settings: dict[str, Any], train: dict[str, Any], rows: list[dict[str, Any]]):
@@ -277,7 +273,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
-            callbacks=[WallClockLimit(settings["max_wall_minutes"])],
+            callbacks=[wall_clock_limit(settings["max_wall_minutes"])],
             optimizers=(optimizer(settings, model), None),  # None: the Trainer's own schedule
         )
         last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None

@@ -162,3 +162,16 @@ def test_training_killed_mid_run_resumes_from_last_checkpoint(tiny_project) -> N
     assert summary["resumed_from"] == checkpoint.name
     assert summary["epochs_completed"] == pytest.approx(6.0)
     assert (root / "models" / "medsql" / "medsql.json").is_file()
+
+
+def test_wall_clock_limit_stops_training_with_a_last_evaluation_and_checkpoint() -> None:
+    from transformers import TrainerControl
+
+    from medsql.train import wall_clock_limit
+
+    unlimited = wall_clock_limit(0).on_step_end(None, None, TrainerControl())
+    assert not (unlimited.should_training_stop or unlimited.should_save)
+    limit = wall_clock_limit(1e-6)  # a deadline 60 microseconds away
+    time.sleep(0.01)
+    control = limit.on_step_end(None, None, TrainerControl())
+    assert control.should_training_stop and control.should_evaluate and control.should_save
