@@ -102,4 +102,33 @@ def tiny_project(tmp_path: Path, real_splits: Path, mimicsql_db: Path, monkeypat
         paths.set_root(original)
 
 
+@pytest.fixture(scope="session")
+def briefly_trained_model(tmp_path_factory: pytest.TempPathFactory, real_splits: Path, mimicsql_db: Path) -> Path:
+    """A real model from the train stage with the default parameters, stopped after 600 steps
+    (about two minutes here): for tests that need a trained model where the pipeline has not
+    built one (a fresh clone, CI). It answers simple questions; it is no measure of accuracy."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from medsql.util import load_params
+
+    root = tmp_path_factory.mktemp("briefly_trained")
+    (root / "data").mkdir()
+    shutil.copytree(real_splits, root / "data" / "splits")
+    (root / "data" / "mimicsql.db").symlink_to(mimicsql_db)
+    params = load_params()
+    params["train"].update(max_steps=600, eval_every_epochs=1000, max_wall_minutes=0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, MEDSQL_ROOT=str(root), MEDSQL_PARAMS=str(root / "params.yaml"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, "-m", "medsql.train"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return root / "models" / "medsql"
+
+
 # ---- end training / predictor ------------------------------------------------------------------
