@@ -25,10 +25,10 @@ run: $(BIN)/.installed
 	dvc repro
 
 test: $(BIN)/.installed
-	pytest -q --timeout=1500 $(PYTEST_ARGS)
+	pytest -q -rs --timeout=1500 $(PYTEST_ARGS)
 
 test-fast: $(BIN)/.installed
-	pytest -q -m "not slow" $(PYTEST_ARGS)
+	pytest -q -rs -m "not slow" $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	ruff check medsql dags tests
