@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +143,6 @@ class Predictor:
         """SQL for each question; `recover=False` gives the model's output without value recovery."""
         outputs = self.generate(questions, num_beams, batch_size)
         return [self.to_sql(o, q if recover else None) for o, q in zip(outputs, questions, strict=True)]
-
-    def timed_predict(self, question: str, num_beams: int | None = None) -> tuple[str, float]:
-        start = time.perf_counter()
-        sql = self.predict([question], num_beams)[0]
-        return sql, (time.perf_counter() - start) * 1000
 
     @staticmethod
     def pretty(sql: str) -> str:

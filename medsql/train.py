@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medsql import modeling, paths, tracking
+from medsql.overrides import flatten
 from medsql.sqlform import logic_form, parse_sql, sql_to_compact
 from medsql.util import atomic_path, load_params, read_jsonl, write_json
 
@@ -264,7 +265,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     tracking.configure()
     os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "true")
     with mlflow.start_run(run_name=meta["name"]) as active:
-        mlflow.log_params({f"medsql.{k}": v for k, v in _flatten(params["train"]).items()})
+        mlflow.log_params({f"medsql.{k}": v for k, v in flatten(params["train"]).items()})
         trainer = Seq2SeqTrainer(
             model=model,
             args=args,
@@ -293,7 +294,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name,
             "resumed_from": Path(last).name if last else None,
         }
-        trainable, total = _count(trainer.model)
+        trainable, total = modeling.count_parameters(trainer.model)
         summary |= {"parameters": total, "trainable_parameters": trainable}
         with atomic_path(paths.MODEL) as staged:
             save_model(trainer.model, tokenizer, staged, meta, values)
@@ -339,20 +340,6 @@ def bf16_supported(cuda: bool) -> bool:
     if cuda:
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _count(model) -> tuple[int, int]:
-    from medsql.modeling import count_parameters
-
-    return count_parameters(model)
 
 
 def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values=None) -> None:
