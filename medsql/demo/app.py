@@ -28,9 +28,9 @@ from pydantic import BaseModel
 
 from medsql import paths
 from medsql.build_suite import load_suite, suite_match
+from medsql.evaluation.metrics import exact_match, logic_form_match
 from medsql.executor import ExecutionResult, execute
 from medsql.predictor import Predictor, PredictorError
-from medsql.sqlform import logic_form
 from medsql.util import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -239,8 +239,8 @@ def create_app(
         )
         if gold_sql is not None:
             out["match"] = {
-                "exact": sql.strip() == gold_sql.strip(),
-                "logic_form": logic_form(sql) == logic_form(gold_sql),
+                "exact": exact_match(sql, gold_sql),  # the evaluation's own definitions
+                "logic_form": logic_form_match(sql, gold_sql),
                 "execution": suite_check(sql, gold_sql),
             }
         return out
