@@ -5,6 +5,8 @@
 - embedded: a T5 built from a `T5Config` and trained from scratch on CPU, with a tokenizer
   trained on the training split. Its targets are the compact form (medsql.sqlform), in which every
   `table.column`, aggregate and operator is a single token: about 14 tokens a query instead of ~50.
+  A pointer-generator copy head (`T5WithCopy`, `train.embedded.copy_mechanism`) lets it copy
+  condition values from the question instead of spelling them out of its vocabulary.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import (
     AddedToken,
     Tokenizer,
@@ -23,7 +26,15 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from medsql.sqlform import AGGREGATES, COLUMN_TOKENS
 
@@ -68,8 +79,104 @@ def decode_compact(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> st
     return " ".join("".join(pieces).split())
 
 
+class T5CopyConfig(T5Config):
+    model_type = "t5_copy"
+
+
+class T5WithCopy(T5ForConditionalGeneration):
+    """T5 with a pointer-generator copy head (See et al., 2017; TREQS copies the same way).
+
+    Each output token is drawn from a mixture: the usual vocabulary distribution, or a pointer
+    over the question's own tokens (one attention head from the decoder's last state onto the
+    encoder's output), weighted by a learned gate. A small model trained from scratch copies a
+    long rare value ("umbilical vein catheterization") token by token through the pointer
+    instead of having to learn each word; input and target share one lower-cased tokenizer, so a
+    copied token is the very id the target holds. `logits` are the mixture's log-probabilities,
+    so `generate` (greedy or beam) and the Trainer's loss work unchanged.
+    """
+
+    config_class = T5CopyConfig
+
+    def __init__(self, config: T5CopyConfig):
+        super().__init__(config)
+        self.copy_query = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.copy_gate = nn.Linear(2 * config.d_model, 1)
+
+    def generate(self, inputs: torch.Tensor | None = None, **kwargs):
+        # Decoding steps see only the encoder's output: hand them the question's ids as well.
+        source = inputs if inputs is not None else kwargs.get("input_ids")
+        kwargs.setdefault("source_ids", source)
+        return super().generate(inputs, **kwargs)
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
+                labels=None, use_cache=None, source_ids=None, **kwargs) -> Seq2SeqLMOutput:
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           inputs_embeds=inputs_embeds, **kwargs)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        source = input_ids if source_ids is None else source_ids
+        if source is None:
+            raise ValueError("T5WithCopy needs the input ids (input_ids or source_ids) to copy from")
+        encoded = encoder_outputs.last_hidden_state
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self._shift_right(labels)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
+            past_key_values=past_key_values, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
+            use_cache=use_cache, **kwargs)
+        hidden = decoder_outputs[0]
+        scaled = hidden * (self.model_dim ** -0.5) if self.config.scale_decoder_outputs else hidden
+        vocab_log_probs = torch.log_softmax(self.lm_head(scaled).float(), dim=-1)
+
+        # Pointer: attention of each decoder position over the question's tokens.
+        scores = (self.copy_query(hidden) @ encoded.transpose(1, 2)).float() * (self.model_dim ** -0.5)
+        if attention_mask is not None:
+            scores = scores.masked_fill(attention_mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
+        pointer = torch.softmax(scores, dim=-1)
+        context = pointer.to(encoded.dtype) @ encoded
+        generate_share = torch.sigmoid(self.copy_gate(torch.cat([hidden, context], dim=-1)).float())
+
+        if labels is not None and self.training:
+            # Training needs only each label's probability: skip the (batch, length, vocabulary)
+            # mixture, which would cost a third of the step.
+            labels = labels.to(vocab_log_probs.device)
+            target = labels.clamp_min(0)[..., None]
+            from_vocab = vocab_log_probs.gather(-1, target).exp()
+            from_question = (pointer * (source[:, None, :] == target)).sum(-1, keepdim=True)
+            log_probs = torch.log(generate_share * from_vocab + (1 - generate_share) * from_question + 1e-10)
+            kept = (labels != -100)[..., None]
+            loss, logits = -(log_probs * kept).sum() / kept.sum().clamp_min(1), None
+        else:
+            copy_probs = torch.zeros_like(vocab_log_probs).scatter_add_(
+                2, source[:, None, :].expand(-1, pointer.shape[1], -1), pointer)
+            logits = torch.log(generate_share * vocab_log_probs.exp() + (1 - generate_share) * copy_probs + 1e-10)
+            loss = None
+            if labels is not None:
+                loss = nn.functional.nll_loss(logits.view(-1, logits.size(-1)), labels.to(logits.device).view(-1),
+                                              ignore_index=-100)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=decoder_outputs.past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoded,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+# Model folders saved with the copy head load through AutoModelForSeq2SeqLM like any other.
+AutoConfig.register(T5CopyConfig.model_type, T5CopyConfig)
+AutoModelForSeq2SeqLM.register(T5CopyConfig, T5WithCopy)
+
+
 def build_scratch_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, Any]) -> T5ForConditionalGeneration:
-    config = T5Config(
+    config_class = T5CopyConfig if shape.get("copy_mechanism") else T5Config
+    config = config_class(
         vocab_size=len(tokenizer),
         d_model=shape["d_model"],
         d_ff=shape["d_ff"],
@@ -84,12 +191,12 @@ def build_scratch_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, Any
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
-    return T5ForConditionalGeneration(config)
+    return T5WithCopy(config) if shape.get("copy_mechanism") else T5ForConditionalGeneration(config)
 
 
 def load_pretrained(name_or_path: str | Path):
     """The reference profile's base model and tokenizer: a hub id or a local folder."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path))

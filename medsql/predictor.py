@@ -36,6 +36,8 @@ class Predictor:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+        from medsql import modeling  # noqa: F401  (registers the copy-head T5 with the Auto classes)
+
         model_dir = Path(model_dir)
         meta_path = model_dir / "medsql.json"
         if not meta_path.is_file():

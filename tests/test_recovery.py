@@ -134,3 +134,11 @@ def test_literals_snap_to_the_questions_own_words(index_files):
     assert index.recover_value("DEMOGRAPHIC", "AGE", "45", question="how many women?") == "45"
     # Without the question, nothing question-based happens.
     assert index.recover_value("DEMOGRAPHIC", "SUBJECT_ID", "3001") == "3001"
+    # The dataset stores some numbers as "2164.0" where the question says 2164: kept as written.
+    assert index.recover_value("DEMOGRAPHIC", "DOD_YEAR", "2164.0",
+                               question="year of death is less than or equal to 2164?") == "2164.0"
+    # Copying that stops inside a word of the question is completed to whole words.
+    assert index.recover_value("PRESCRIPTIONS", "DRUG", "zolmitriptan ora",
+                               question="drug name is zolmitriptan oral tablet?") == "zolmitriptan oral"
+    assert index.recover_value("PRESCRIPTIONS", "DRUG", "mitriptan oral tab",
+                               question="drug name is zolmitriptan oral tablet?") == "zolmitriptan oral tablet"

@@ -217,6 +217,16 @@ class ValueIndex:
                  for j in range(i + 1, min(len(words), i + max_words) + 1)}
         if not value.strip() or value.lower() in spans:
             return None  # empty, or copied exactly: nothing to snap
+        if _number(value) is not None and any(_number(s) == _number(value) for s in spans):
+            return None  # the question's number in the dataset's writing ("2164" stated, "2164.0" stored)
+        # Copied text that stops or starts inside a word of the question: complete the words
+        # (only for words long enough to tell: a lone "7" inside "72" proves nothing).
+        text, piece = " ".join(words), value.lower().strip()
+        at = text.find(piece) if len(piece) >= 4 and re.search(r"[a-z]", piece) else -1
+        if at >= 0:
+            start = text.rfind(" ", 0, at) + 1
+            end = text.find(" ", at + len(piece))
+            return text[start:end if end >= 0 else len(text)].strip("?.,!;:")
         best = process.extractOne(value.lower(), list(spans), scorer=fuzz.ratio, score_cutoff=self.span_threshold)
         return best[0] if best else None
 
@@ -250,6 +260,13 @@ class ValueIndex:
             pieces += [sql[last:match.start("value")], quote + cond.value + quote]
             last = match.end("value")
         return "".join(pieces) + sql[last:]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _pattern(values: list[str], share: float = 0.95) -> str | None:
