@@ -134,6 +134,11 @@ def test_literals_snap_to_the_questions_own_words(index_files):
     assert index.recover_value("DEMOGRAPHIC", "AGE", "45", question="how many women?") == "45"
     # Without the question, nothing question-based happens.
     assert index.recover_value("DEMOGRAPHIC", "SUBJECT_ID", "3001") == "3001"
+    # Copying that stopped early: the known value the question states around it is the one meant.
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "hypertension",
+                               question="patients with hypertension nos over 60?") == "Hypertension NOS"
+    # ... but a literal that is itself a known value is kept.
+    assert index.recover_value("LAB", "FLUID", "blood", question="lab fluid is blood gas?") == "Blood"
     # The dataset stores some numbers as "2164.0" where the question says 2164: kept as written.
     assert index.recover_value("DEMOGRAPHIC", "DOD_YEAR", "2164.0",
                                question="year of death is less than or equal to 2164?") == "2164.0"

@@ -5,9 +5,13 @@ truncated). Recovery replaces each condition literal with the closest value pres
 column:
 
 - exact (case-sensitive) hit: kept;
+- for free-text columns, a known value that the question states around the literal (the model
+  stopped copying early: "hyperlipidemia" of "... is hyperlipidemia nec/nos?"): that value;
 - when the question is given and the literal is not a known value: the closest span of the
   question's words (the value a template question states verbatim, copied imperfectly by the
-  model); a span that is a known value wins, then the fuzzy match of the literal, then the span;
+  model); a span that is a known value wins, then the fuzzy match of the literal, then the span.
+  Copying cut inside a word is completed to whole words; a number the question states as the
+  literal's value ("2164" for the stored "2164.0") is left as written;
 - case-insensitive hit: the stored casing (the training split's casing first, then the database's);
 - otherwise, for free-text columns only, the best fuzzy match (rapidfuzz ratio on normalised
   strings) at or above a threshold;
@@ -190,6 +194,12 @@ class ValueIndex:
         stored = entry.by_lower.get(value.lower()) if entry is not None else None
         if stored is not None and kind is not None:
             return stored
+        if fuzzy and question and kind == "fuzzy" and entry is not None:
+            # Copying stopped early ("hyperlipidemia" of "... is hyperlipidemia nec/nos?"): a known
+            # value the question states in full, around the literal, is the one meant.
+            longer = self._known_span_around(entry, value, question)
+            if longer is not None:
+                return longer
         span = self._question_span(value, question) if fuzzy and question else None
         if kind is None or entry is None:  # numbers, dates, ids: only the question can fix them
             return span if span is not None else value
@@ -229,6 +239,20 @@ class ValueIndex:
             return text[start:end if end >= 0 else len(text)].strip("?.,!;:")
         best = process.extractOne(value.lower(), list(spans), scorer=fuzz.ratio, score_cutoff=self.span_threshold)
         return best[0] if best else None
+
+    def _known_span_around(self, entry: _ColumnValues, value: str, question: str, max_words: int = 16) -> str | None:
+        """The longest run of the question's words that holds `value` and is a known value."""
+        piece = " ".join(value.lower().split())
+        if len(piece) < 3:
+            return None
+        words = question.lower().split()
+        best = None
+        for i in range(len(words)):
+            for j in range(i + 1, min(len(words), i + max_words) + 1):
+                span = " ".join(words[i:j]).strip("?.,!;:")
+                if piece in span and span in entry.by_lower and (best is None or len(span) > len(best)):
+                    best = span
+        return entry.by_lower[best] if best is not None else None
 
     def recover_query(self, query: Query, fuzzy: bool = True, question: str | None = None) -> Query:
         conditions = [Condition(c.table, c.column, c.op,
