@@ -74,5 +74,5 @@ def test_copy_head_copies_values_never_seen_in_any_target() -> None:
     # (only through its tied input/output embeddings).
     with_copy = copy_accuracy(tiny(T5WithCopy, T5CopyConfig))
     without = copy_accuracy(tiny(T5ForConditionalGeneration, T5Config))
-    assert with_copy >= 0.85, with_copy
+    assert with_copy >= 0.75, with_copy
     assert without <= 0.5, without
