@@ -222,22 +222,20 @@ class ValueIndex:
 
     def _question_span(self, value: str, question: str, max_words: int = 12) -> str | None:
         """The run of the question's words closest to `value` (None when none is close enough)."""
-        words = question.lower().split()
-        spans = {" ".join(words[i:j]).strip("?.,!;:") for i in range(len(words))
-                 for j in range(i + 1, min(len(words), i + max_words) + 1)}
+        spans = _question_spans(question, max_words)
         if not value.strip() or value.lower() in spans:
             return None  # empty, or copied exactly: nothing to snap
         if _number(value) is not None and any(_number(s) == _number(value) for s in spans):
             return None  # the question's number in the dataset's writing ("2164" stated, "2164.0" stored)
         # Copied text that stops or starts inside a word of the question: complete the words
         # (only for words long enough to tell: a lone "7" inside "72" proves nothing).
-        text, piece = " ".join(words), value.lower().strip()
+        text, piece = " ".join(question.lower().split()), value.lower().strip()
         at = text.find(piece) if len(piece) >= 4 and re.search(r"[a-z]", piece) else -1
         if at >= 0:
             start = text.rfind(" ", 0, at) + 1
             end = text.find(" ", at + len(piece))
             return text[start:end if end >= 0 else len(text)].strip("?.,!;:")
-        best = process.extractOne(value.lower(), list(spans), scorer=fuzz.ratio, score_cutoff=self.span_threshold)
+        best = process.extractOne(value.lower(), spans, scorer=fuzz.ratio, score_cutoff=self.span_threshold)
         return best[0] if best else None
 
     def _known_span_around(self, entry: _ColumnValues, value: str, question: str, max_words: int = 16) -> str | None:
@@ -245,14 +243,8 @@ class ValueIndex:
         piece = " ".join(value.lower().split())
         if len(piece) < 3:
             return None
-        words = question.lower().split()
-        best = None
-        for i in range(len(words)):
-            for j in range(i + 1, min(len(words), i + max_words) + 1):
-                span = " ".join(words[i:j]).strip("?.,!;:")
-                if piece in span and span in entry.by_lower and (best is None or len(span) > len(best)):
-                    best = span
-        return entry.by_lower[best] if best is not None else None
+        known = [span for span in _question_spans(question, max_words) if piece in span and span in entry.by_lower]
+        return entry.by_lower[max(known, key=len)] if known else None
 
     def recover_query(self, query: Query, fuzzy: bool = True, question: str | None = None) -> Query:
         conditions = [Condition(c.table, c.column, c.op,
@@ -284,6 +276,14 @@ class ValueIndex:
             pieces += [sql[last:match.start("value")], quote + cond.value + quote]
             last = match.end("value")
         return "".join(pieces) + sql[last:]
+
+
+def _question_spans(question: str, max_words: int) -> list[str]:
+    """Every run of up to `max_words` of the question's words (lower-cased, outer punctuation
+    stripped), once each, in the order they start: ties between spans resolve the same every run."""
+    words = question.lower().split()
+    return list(dict.fromkeys(" ".join(words[i:j]).strip("?.,!;:") for i in range(len(words))
+                              for j in range(i + 1, min(len(words), i + max_words) + 1)))
 
 
 def _number(text: str) -> float | None:
