@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 
 from medsql import modeling, paths, tracking
 from medsql.overrides import flatten
-from medsql.sqlform import logic_form, parse_sql, sql_to_compact
+from medsql.sqlform import Condition, Query, logic_form, parse_sql, render_sql, sql_to_compact
 from medsql.util import atomic_path, load_params, read_jsonl, write_json
 
 # Keys of train.reference that override the top-level train settings for that profile.
@@ -71,11 +73,6 @@ def swap_values(rows: list[dict[str, Any]], index, copies: int, seed: int) -> li
     than remember which values go with which phrasing, which a small model trained from scratch
     otherwise learns slowly.
     """
-    import random
-    import re
-
-    from medsql.sqlform import Condition, Query, render_sql
-
     rng = random.Random(seed)
     out = []
     for _ in range(copies):
@@ -122,8 +119,6 @@ def wall_clock_limit(minutes: float):
 
 def build(settings: dict[str, Any], train: dict[str, Any], rows: list[dict[str, Any]]):
     """Model and tokenizer for the profile."""
-    from medsql import modeling
-
     if train["profile"] == "embedded":
         texts = [r["input"] for r in rows] + [target_text(r["sql"], settings["target_form"]) for r in rows]
         tokenizer = modeling.train_tokenizer(texts, train["embedded"]["vocab_size"],
@@ -208,12 +203,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     def compute_metrics(eval_pred) -> dict[str, float]:
         import numpy as np
 
-        from medsql.modeling import decode_compact
-
         def texts(ids) -> list[str]:
             ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
             if settings["target_form"] == "compact":
-                return [decoder.to_sql(decode_compact(tokenizer, row)) for row in ids]
+                return [decoder.to_sql(modeling.decode_compact(tokenizer, row)) for row in ids]
             return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
         # Compare with the labels of the same batch: the eval sampler may reorder rows (length
@@ -365,8 +358,6 @@ def save_baseline(params, train, settings, rows, folder: Path, meta: dict[str, A
     the adapters into the model it wraps). Embedded profile: the same T5 at its initial weights.
     """
     from transformers import set_seed
-
-    from medsql import modeling
 
     set_seed(settings["seed"])
     if train["profile"] == "reference":
