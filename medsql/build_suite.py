@@ -48,17 +48,15 @@ from typing import Any
 import sqlglot
 
 from medsql import build_db, paths
-from medsql.executor import ExecutionResult, execute
+from medsql.evaluation.execution import MANIFEST, SuiteResult, informative, suite_match
 from medsql.schema import TABLES, column_type
 from medsql.sqlform import OPERATORS, Condition, FormError, Query, logic_form, parse_sql, render_sql
 from medsql.util import atomic_path, load_params, read_jsonl, resolve, write_json
 
-MANIFEST = "manifest.json"
 DEMO_DB = "demo.db"
 METRICS = paths.METRICS / "suite.json"
 MUTATION_KINDS = ("operator", "drop_condition", "swap_value", "select_column")
 SWAPS_PER_CONDITION = 5  # swapped values tried per condition when variants are not sampled
-MAX_ROWS = 10000  # rows compared per query and database; more counts as truncated
 # A column with at most this many known values (demo, dictionaries, literals) has a closed domain:
 # synthetic rows keep to it, and a variant equivalent on it is not a wrong query.
 CLOSED_DOMAIN_MAX = 6
@@ -66,137 +64,6 @@ CLOSED_DOMAIN_MAX = 6
 PATIENT_COLUMNS = ("NAME", "GENDER", "DOB", "DOD", "DOB_YEAR", "DOD_YEAR", "EXPIRE_FLAG")
 
 Column = tuple[str, str]
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparing results (Zhong et al., "Semantic evaluation for text-to-SQL with distilled test suites")
-
-
-def _cell(value: Any) -> tuple:
-    """A hashable, type-tolerant form of one value: numbers compared to 9 significant digits."""
-    if value is None:
-        return (0,)
-    if isinstance(value, bool | int | float):
-        number = float(value)
-        return (1, float(f"{number:.9g}")) if math.isfinite(number) else (1, number)
-    if isinstance(value, bytes):
-        return (3, value)
-    return (2, str(value))
-
-
-def results_equal(gold: ExecutionResult, pred: ExecutionResult, ordered: bool = False) -> bool:
-    """Same rows (a multiset unless `ordered`), numbers within tolerance, columns in any order."""
-    if not (gold.ok and pred.ok) or gold.truncated != pred.truncated:
-        return False
-    if len(gold.columns) != len(pred.columns) or len(gold.rows) != len(pred.rows):
-        return False
-    gold_rows = [tuple(_cell(v) for v in row) for row in gold.rows]
-    pred_rows = [tuple(_cell(v) for v in row) for row in pred.rows]
-    width = len(gold.columns)
-    # Like Zhong et al., a prediction may list the gold's columns in another order.
-    orders = itertools.permutations(range(width)) if width <= 4 else [tuple(range(width))]
-    for order in orders:
-        permuted = [tuple(row[i] for i in order) for row in pred_rows]
-        if (permuted == gold_rows) if ordered else (Counter(permuted) == Counter(gold_rows)):
-            return True
-    return False
-
-
-def informative(result: ExecutionResult) -> bool:
-    """A result that tells queries apart: not failed, not empty, not only zeros and NULLs."""
-    return result.ok and any(v not in (None, 0) for row in result.rows for v in row)
-
-
-@functools.lru_cache(maxsize=1024)
-def _has_order_by(sql: str) -> bool:
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except Exception:
-        return False
-    return tree is not None and tree.args.get("order") is not None
-
-
-@functools.lru_cache(maxsize=8192)
-def _cached_execute(db: str, mtime_ns: int, sql: str, timeout_s: float, max_rows: int) -> ExecutionResult:
-    return execute(db, sql, timeout_s=timeout_s, max_rows=max_rows)
-
-
-def run(db: Path, sql: str, timeout_s: float = 2.0, max_rows: int = MAX_ROWS) -> ExecutionResult:
-    """executor.execute, memoised per database file version (gold queries run once per db)."""
-    try:
-        mtime = os.stat(db).st_mtime_ns
-    except OSError:
-        return execute(db, sql, timeout_s=timeout_s, max_rows=max_rows)
-    return _cached_execute(str(db), mtime, sql, timeout_s, max_rows)
-
-
-@dataclass
-class SuiteResult:
-    match: bool                       # the prediction matches the gold on every database
-    per_db: list[bool]                # match on each database (suite order)
-    gold_informative: list[bool]      # the gold's result tells queries apart on that database
-    dbs: list[str] = field(default_factory=list)
-    pred_error: str | None = None     # first execution error of the prediction, if any
-    pred_error_kind: str | None = None
-    gold_error: str | None = None     # a gold query that fails somewhere (should not happen)
-
-    @property
-    def informative_everywhere(self) -> bool:
-        return all(self.gold_informative)
-
-    @property
-    def demo_match(self) -> bool:
-        """The match on the first database alone (the demo database: what a one-db check says)."""
-        return self.per_db[0]
-
-
-def suite_match(pred_sql: str, gold_sql: str, dbs: Sequence[Path], *, timeout_s: float = 2.0,
-                stop_early: bool = False) -> SuiteResult:
-    """Execute prediction and gold on every database (through executor.execute) and compare results.
-
-    `stop_early` skips the remaining databases after the first mismatch (per_db then holds False
-    for the skipped ones, gold_informative is computed for all).
-    """
-    ordered = _has_order_by(gold_sql)
-    per_db, gold_info = [], []
-    pred_error = pred_kind = gold_error = None
-    mismatch = False
-    for db in dbs:
-        gold = run(Path(db), gold_sql, timeout_s)
-        gold_info.append(informative(gold))
-        if not gold.ok:
-            gold_error = gold_error or f"{Path(db).name}: {gold.error}"
-        if mismatch and stop_early:
-            per_db.append(False)
-            continue
-        pred = execute(db, pred_sql, timeout_s=timeout_s, max_rows=MAX_ROWS)
-        if not pred.ok and pred_error is None:
-            pred_error, pred_kind = pred.error, pred.error_kind
-        same = results_equal(gold, pred, ordered)
-        per_db.append(same)
-        mismatch = mismatch or not same
-    return SuiteResult(match=bool(per_db) and all(per_db), per_db=per_db, gold_informative=gold_info,
-                       dbs=[Path(d).name for d in dbs], pred_error=pred_error, pred_error_kind=pred_kind,
-                       gold_error=gold_error)
-
-
-def load_suite(suite_dir: str | os.PathLike = paths.SUITE) -> list[Path]:
-    """The suite's databases, the demo database first (as the manifest lists them)."""
-    suite_dir = Path(suite_dir)
-    manifest_path = suite_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: no suite manifest (run `python -m medsql.build_suite`)")
-    manifest = json.loads(manifest_path.read_text())
-    dbs = [suite_dir / name for name in manifest["dbs"]]
-    missing = [str(p) for p in dbs if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{manifest_path}: listed database(s) missing: {', '.join(missing)}")
-    return dbs
-
-
-def load_informative(suite_dir: str | os.PathLike = paths.SUITE) -> dict[str, list[bool]]:
-    """Dataset key -> whether its gold result is informative on each suite database."""
-    return json.loads((Path(suite_dir) / MANIFEST).read_text())["informative"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -415,7 +415,7 @@ def main() -> None:
     recovery = settings.get("recovery", {})
     index = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl", float(recovery.get("threshold", 85)))
 
-    from medsql.build_suite import load_suite
+    from medsql.evaluation.execution import load_suite
 
     execution = settings.get("execution", {})
     scorer = ExecutionScorer(load_suite(paths.SUITE), timeout_s=float(execution.get("timeout_s", 2)))

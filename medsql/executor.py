@@ -50,17 +50,10 @@ class _Refused(Exception):
     pass
 
 
-def check_select(sql: str) -> None:
-    """Raise _Refused unless `sql` is exactly one SELECT (SqlglotError if it does not parse)."""
-    verdict = _verdict(sql)
-    if verdict is not None:
-        kind, message = verdict
-        raise (_Refused if kind == REFUSED else SqlglotError)(message)
-
-
 @functools.lru_cache(maxsize=4096)
-def _verdict(sql: str) -> tuple[str, str] | None:
-    """The parse check, memoised: one prediction is executed on several databases."""
+def select_verdict(sql: str) -> tuple[str, str] | None:
+    """None when `sql` is exactly one SELECT; else (error kind, message). The one answer to "is this
+    one SELECT?" in medsql, memoised: one prediction is executed on several databases."""
     try:
         _check_select(sql)
     except _Refused as err:
@@ -148,7 +141,7 @@ def execute(db_path: str | os.PathLike, sql: str, *, timeout_s: float = 2.0,
     if not db_path.is_file():
         return failed(MISSING_DB, f"database not found: {db_path}")
     sql = to_single_quotes(sql)
-    verdict = _verdict(sql)
+    verdict = select_verdict(sql)
     if verdict is not None:
         return failed(*verdict)
 

@@ -16,14 +16,10 @@ from typing import Any
 
 from medsql import paths
 from medsql.schema import TABLES
+from medsql.text import normalise_question
 from medsql.util import atomic_path, load_params, read_jsonl, write_json, write_jsonl
 
 SPLIT_NAMES = ("train", "validation", "test")
-
-
-def normalise_question(text: str, lowercase: bool = True) -> str:
-    text = " ".join(text.split())
-    return text.lower() if lowercase else text
 
 
 def schema_context() -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medsql import build_suite
+from medsql.evaluation import execution
 from medsql.executor import ExecutionResult
 from medsql.sqlform import parse_sql, render_sql
 from medsql.util import load_params, resolve, write_jsonl
@@ -69,7 +70,7 @@ def suite(tmp_path_factory, demo_db):
                                 SUITE_PARAMS)
     gold = {r["key"]: r["sql"] for r in records}
     return {"dir": root / "suite", "metrics": metrics, "gold": gold, "ingested": ingested, "root": root,
-            "dbs": build_suite.load_suite(root / "suite")}
+            "dbs": execution.load_suite(root / "suite")}
 
 
 def test_layout_and_manifest(suite):
@@ -84,7 +85,7 @@ def test_layout_and_manifest(suite):
 def test_wrong_query_passing_on_demo_is_caught(suite):
     gold = suite["gold"]["f002988bf5fb84f630cf94e23389b1f0"]
     wrong = gold.replace("Mal neo descend colon", "Mal neo sigmoid colon")  # also absent from the demo
-    result = build_suite.suite_match(wrong, gold, suite["dbs"])
+    result = execution.suite_match(wrong, gold, suite["dbs"])
     assert result.per_db[0] is True            # the demo alone: 0 == 0
     assert result.demo_match and not result.match
     assert result.gold_informative == [False, True, True, True]
@@ -99,16 +100,16 @@ def test_equivalent_rewrites_match(suite):
     rewritten = ("SELECT COUNT(DISTINCT d.SUBJECT_ID) FROM DEMOGRAPHIC AS d "
                  "WHERE d.DOB_YEAR < 2083 AND d.EXPIRE_FLAG = '1'")
     for pred in (gold, reordered, rewritten):
-        result = build_suite.suite_match(pred, gold, suite["dbs"])
+        result = execution.suite_match(pred, gold, suite["dbs"])
         assert result.match and all(result.per_db), pred
         assert result.pred_error is None
 
 
 def test_failing_prediction_is_a_mismatch_with_its_error(suite):
     gold = suite["gold"]["5be9b9cf6fe64f65d6c8ef8efaa44768"]
-    result = build_suite.suite_match("DROP TABLE DEMOGRAPHIC", gold, suite["dbs"])
+    result = execution.suite_match("DROP TABLE DEMOGRAPHIC", gold, suite["dbs"])
     assert not result.match and result.pred_error_kind == "refused"
-    result = build_suite.suite_match("SELECT nope FROM DEMOGRAPHIC", gold, suite["dbs"])
+    result = execution.suite_match("SELECT nope FROM DEMOGRAPHIC", gold, suite["dbs"])
     assert not result.match and result.pred_error_kind == "runtime"
 
 
@@ -125,7 +126,7 @@ def test_suite_dbs_hold_every_literal(suite):
 
 
 def test_every_gold_is_informative_on_synthetic_dbs(suite):
-    info = build_suite.load_informative(suite["dir"])
+    info = execution.load_informative(suite["dir"])
     assert all(flags[1:] == [True, True, True] for flags in info.values())
     assert info["f002988bf5fb84f630cf94e23389b1f0"][0] is False  # the demo lacks this title
 
@@ -144,7 +145,7 @@ def test_false_pass_measurement(suite, demo_db):
     recount = demo_recount = 0
     for gold in sorted(suite["gold"].values()):
         for _, wrong in build_suite.wrong_variants(parse_sql(gold), sources, rng, 3):
-            per_db = [build_suite.results_equal(build_suite.run(db, gold), build_suite.run(db, wrong))
+            per_db = [execution.results_equal(execution.execute_cached(db, gold), execution.execute_cached(db, wrong))
                       for db in suite["dbs"]]
             recount += all(per_db)
             demo_recount += per_db[0]
@@ -171,32 +172,32 @@ def test_results_equal_rules():
     def result(rows, columns=("a",), truncated=False):
         return ExecutionResult(ok=True, columns=list(columns), rows=rows, row_count=len(rows),
                                truncated=truncated)
-    assert build_suite.results_equal(result([(1,), (2,)]), result([(2,), (1,)]))
-    assert not build_suite.results_equal(result([(1,), (2,)]), result([(2,), (1,)]), ordered=True)
-    assert not build_suite.results_equal(result([(1,), (1,)]), result([(1,)]))           # multiset
-    assert build_suite.results_equal(result([(70.33333333333333,)]), result([(70.33333333333334,)]))
-    assert build_suite.results_equal(result([(2,)]), result([(2.0,)]))
-    assert not build_suite.results_equal(result([(2,)]), result([("2",)]))
-    assert build_suite.results_equal(result([(1, "x")], ("a", "b")), result([("x", 1)], ("b", "a")))
-    assert not build_suite.results_equal(result([(1,)]), result([(1,)], truncated=True))
+    assert execution.results_equal(result([(1,), (2,)]), result([(2,), (1,)]))
+    assert not execution.results_equal(result([(1,), (2,)]), result([(2,), (1,)]), ordered=True)
+    assert not execution.results_equal(result([(1,), (1,)]), result([(1,)]))           # multiset
+    assert execution.results_equal(result([(70.33333333333333,)]), result([(70.33333333333334,)]))
+    assert execution.results_equal(result([(2,)]), result([(2.0,)]))
+    assert not execution.results_equal(result([(2,)]), result([("2",)]))
+    assert execution.results_equal(result([(1, "x")], ("a", "b")), result([("x", 1)], ("b", "a")))
+    assert not execution.results_equal(result([(1,)]), result([(1,)], truncated=True))
     failed = ExecutionResult(ok=False, error="boom", error_kind="runtime")
-    assert not build_suite.results_equal(failed, failed)
+    assert not execution.results_equal(failed, failed)
 
 
 def test_suite_match_respects_order_by(suite):
     dbs = suite["dbs"][1:2]
     gold = 'SELECT DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F" ORDER BY 1'
-    assert build_suite.suite_match(gold, gold, dbs).match
-    assert not build_suite.suite_match(gold.replace("ORDER BY 1", "ORDER BY 1 DESC"), gold, dbs).match
+    assert execution.suite_match(gold, gold, dbs).match
+    assert not execution.suite_match(gold.replace("ORDER BY 1", "ORDER BY 1 DESC"), gold, dbs).match
 
 
 def test_load_suite_errors(tmp_path, suite):
     with pytest.raises(FileNotFoundError, match="manifest"):
-        build_suite.load_suite(tmp_path)
+        execution.load_suite(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"dbs": ["demo.db", "synth_1.db"]}))
     (tmp_path / "demo.db").write_bytes((suite["dir"] / "demo.db").read_bytes())
     with pytest.raises(FileNotFoundError, match="synth_1.db"):
-        build_suite.load_suite(tmp_path)
+        execution.load_suite(tmp_path)
 
 
 def test_failed_build_keeps_previous_suite(suite, demo_db, tmp_path):

@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from medsql import paths
-from medsql.build_suite import load_suite, suite_match
+from medsql.evaluation.execution import load_suite, suite_match
 from medsql.evaluation.metrics import exact_match, logic_form_match
 from medsql.executor import ExecutionResult, execute
 from medsql.predictor import Predictor, PredictorError

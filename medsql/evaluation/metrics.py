@@ -170,7 +170,7 @@ class ExecutionScorer:
         return self._cache[key]
 
     def _score(self, pred: str, gold: str) -> dict[str, float]:
-        from medsql.build_suite import suite_match
+        from medsql.evaluation.execution import suite_match
 
         result = suite_match(pred, gold, self.suite_dbs, timeout_s=self.timeout_s)
         if result.gold_error:
