@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import json
 import math
-import os
 import random
 import shutil
 import sqlite3
@@ -45,10 +43,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlglot
-
 from medsql import build_db, paths
-from medsql.evaluation.execution import MANIFEST, SuiteResult, informative, suite_match
+from medsql.evaluation.execution import MANIFEST, SuiteResult, suite_match
 from medsql.schema import TABLES, column_type
 from medsql.sqlform import OPERATORS, Condition, FormError, Query, logic_form, parse_sql, render_sql
 from medsql.util import atomic_path, load_params, read_jsonl, resolve, write_json

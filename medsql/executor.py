@@ -21,7 +21,6 @@ from pathlib import Path
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import SqlglotError
 
 from medsql.sqlform import to_single_quotes
 
