@@ -28,7 +28,7 @@ from medsql.schema import TABLES, column_type
 from medsql.util import atomic_path, load_params, resolve
 
 DICTIONARIES = ("D_ICD_DIAGNOSES", "D_ICD_PROCEDURES", "D_LABITEMS")
-_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # how the MIMIC tables write times (build_suite writes the same)
 
 Row = dict[str, str | None]
 
@@ -61,7 +61,7 @@ def read_csv(path: Path, required: Sequence[str], header: Sequence[str] | None =
 
 def _time(value: str | None, where: str) -> datetime:
     try:
-        return datetime.strptime(value or "", _TIME_FORMAT)
+        return datetime.strptime(value or "", TIME_FORMAT)
     except ValueError:
         raise BuildError(f"{where}: {value!r} is not a time in the form YYYY-MM-DD HH:MM:SS") from None
 

@@ -287,9 +287,9 @@ def _valid_time(year: int, rest: str) -> datetime:
     """`year` + the template's `-MM-DD HH:MM:SS`, with 29 February moved to the 28th if needed."""
     year = min(max(int(year), 1), 9999)
     try:
-        return datetime.strptime(f"{year:04d}{rest}", build_db._TIME_FORMAT)
+        return datetime.strptime(f"{year:04d}{rest}", build_db.TIME_FORMAT)
     except ValueError:
-        return datetime.strptime(f"{year:04d}{rest.replace('-02-29', '-02-28')}", build_db._TIME_FORMAT)
+        return datetime.strptime(f"{year:04d}{rest.replace('-02-29', '-02-28')}", build_db.TIME_FORMAT)
 
 
 def derive_demographic(row: dict[str, Any], pinned: set[str], rng: random.Random) -> None:
@@ -310,18 +310,18 @@ def derive_demographic(row: dict[str, Any], pinned: set[str], rng: random.Random
 
     template_admit = row["ADMITTIME"] or "2150-01-01 00:00:00"
     template_disch = row["DISCHTIME"] or template_admit
-    stay = (datetime.strptime(template_disch, build_db._TIME_FORMAT)
-            - datetime.strptime(template_admit, build_db._TIME_FORMAT))
+    stay = (datetime.strptime(template_disch, build_db.TIME_FORMAT)
+            - datetime.strptime(template_admit, build_db.TIME_FORMAT))
     fraction = stay - timedelta(days=stay.days)
     admit = _valid_time(int(admit_year), template_admit[4:])
     if "DAYS_STAY" not in pinned:
         row["DAYS_STAY"] = stay.days
     if "ADMITTIME" not in pinned:
-        row["ADMITTIME"] = admit.strftime(build_db._TIME_FORMAT)
+        row["ADMITTIME"] = admit.strftime(build_db.TIME_FORMAT)
     if "DISCHTIME" not in pinned:
         try:
             row["DISCHTIME"] = (admit + timedelta(days=int(row["DAYS_STAY"])) + fraction).strftime(
-                build_db._TIME_FORMAT)
+                build_db.TIME_FORMAT)
         except OverflowError:
             row["DISCHTIME"] = None
     if "DOB" not in pinned:
