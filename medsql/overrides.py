@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,13 +39,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsql import paths
-from medsql.util import load_params
+import yaml
+
+from medsql import logs, paths
+from medsql.config import ConfigError, load_config
 
 ENV_OVERRIDES = "MEDSQL_OVERRIDES"
 ENV_RUN_ID = "MEDSQL_RUN_ID"
 OVERRIDES_TAG = "medsql.overrides"
 EXPERIMENT_TAG = "medsql.dvc_experiment"
+
+log = logging.getLogger(__name__)
 
 
 class OverrideError(ValueError):
@@ -129,15 +134,19 @@ def apply(conf: dict[str, Any], params_path: Path | None = None, backup: Path | 
     params_path, backup = params_path or paths.PARAMS, backup or _backup_path()
 
     if restore(params_path, backup):  # a run that died before its teardown left its values behind
-        print(f"restored {params_path.name} left overridden by an interrupted run", file=sys.stderr)
+        log.warning("restored %s left overridden by an interrupted run", params_path.name)
     set_params = to_set_params(conf)
     if not set_params:
         return []
-    check_keys(flatten(conf), load_params(params_path))
+    check_keys(flatten(conf), yaml.safe_load(params_path.read_text()) or {})
     backup.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(params_path, backup)
     try:
         apply_overrides(params_path, set_params)
+        load_config(params_path)  # the overridden values pass the same checks as params.yaml's own
+    except ConfigError as err:
+        restore(params_path, backup)
+        raise OverrideError(f"the run's configuration gives a value params.yaml cannot take: {err}") from err
     except Exception:
         restore(params_path, backup)
         raise
@@ -178,7 +187,7 @@ def record(conf: dict[str, Any], run_id: str, root: Path | None = None) -> str |
             command += ["--include-untracked", path]
         subprocess.run(command, cwd=root, check=True)
     else:
-        print(f"{root} is not a git checkout with a commit: no DVC experiment, MLflow only", file=sys.stderr)
+        log.warning("%s is not a git checkout with a commit: no DVC experiment, MLflow only", root)
         name = None
     _log_to_mlflow(conf, run_id, name, root)
     return name
@@ -207,18 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medsql.overrides", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["apply", "record", "restore"])
     args = parser.parse_args(argv)
+    logs.configure()
     try:
         conf = from_env()
         if args.action == "apply":
             set_params = apply(conf)
-            print("overrides: " + (" ".join(f"-S {item}" for item in set_params) or "none"))
+            log.info("overrides: %s", " ".join(f"-S {item}" for item in set_params) or "none")
         elif args.action == "record":
             name = record(conf, os.environ.get(ENV_RUN_ID) or "manual")
-            print(f"recorded as DVC experiment {name}" if name else "no overrides to record")
+            log.info("recorded as DVC experiment %s", name) if name else log.info("no overrides to record")
         else:
-            print("params.yaml restored" if restore() else "params.yaml untouched: nothing to restore")
+            log.info("params.yaml restored" if restore() else "params.yaml untouched: nothing to restore")
     except OverrideError as err:
-        print(f"medsql.overrides: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 2
     return 0
 

@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 
 import yaml
 
-from medsql import paths
+from medsql import logs, paths
+
+log = logging.getLogger(__name__)
 
 
 def commands(profile: str, sweeps_file: str | None = None) -> list[list[str]]:
@@ -36,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", action="store_true", help="run the queue now (dvc queue start)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel queue workers")
     args = parser.parse_args(argv)
+    logs.configure()
     for command in commands(args.profile):
-        print("+ " + " ".join(command))
+        log.info("+ %s", " ".join(command))
         subprocess.run(command, cwd=paths.ROOT, check=True)
     if args.start:
         subprocess.run(["dvc", "queue", "start", "--jobs", str(args.jobs)], cwd=paths.ROOT, check=True)
-        print("queued experiments run in the background: `dvc queue status`, then `dvc exp show`")
+        log.info("queued experiments run in the background: `dvc queue status`, then `dvc exp show`")
     return 0
 
 
