@@ -12,7 +12,7 @@ the test split: one question at a time and in batches. Prints one line per figur
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import os
 import resource
@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from medsql import paths
-from medsql.util import load_params, read_jsonl
+from medsql import logs, paths
+from medsql.config import PreprocessConfig, TrainConfig, load_config
+from medsql.util import read_jsonl
 
 # google/flan-t5-base's shape (config.json of the hub model), built locally: no download.
 FLAN_T5_BASE = {"d_model": 768, "d_ff": 2048, "d_kv": 64, "num_heads": 12, "num_layers": 12,
@@ -50,13 +51,17 @@ def flan_t5_base_shaped(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
-def bench_training(params: dict, steps: int, flan: bool) -> dict:
+def bench_training(train_cfg: TrainConfig, preprocess: PreprocessConfig, steps: int, flan: bool) -> dict:
+    """Run the train stage for `steps` optimizer steps in a scratch project; its throughput and memory.
+
+    `train_cfg` is unresolved (`load_config(resolve_profile=False)`): `flan` switches the profile to
+    reference, whose overrides are applied here.
+    """
     import torch
 
     from medsql import train
 
-    params = copy.deepcopy(params)
-    params["train"].update(max_steps=steps, eval_every_epochs=10**6, max_wall_minutes=0)
+    train_cfg = dataclasses.replace(train_cfg, max_steps=steps, eval_every_epochs=10**6, max_wall_minutes=0)
     original = paths.ROOT
     with tempfile.TemporaryDirectory(prefix="medsql-bench-") as scratch:
         root = Path(scratch)
@@ -68,17 +73,18 @@ def bench_training(params: dict, steps: int, flan: bool) -> dict:
             rows = list(read_jsonl(original / "data" / "splits" / "train.jsonl"))
             texts = [r["input"] for r in rows] + [r["sql"] for r in rows]
             base = flan_t5_base_shaped(root / "flan-t5-base-shaped", texts)
-            params["train"]["profile"] = "reference"
-            params["train"]["reference"]["base_model"] = str(base)
+            train_cfg = dataclasses.replace(train_cfg, profile="reference",
+                                            reference=dataclasses.replace(train_cfg.reference, base_model=str(base)))
+        train_cfg = train_cfg.resolved()
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
         paths.set_root(root)
         try:
-            summary = train.run(params)
+            summary = train.run(train_cfg, preprocess)
         finally:
             paths.set_root(original)
     cuda = torch.cuda.is_available()
     return {
-        "profile": params["train"]["profile"] + (" (flan-t5-base shape)" if flan else ""),
+        "profile": train_cfg.profile + (" (flan-t5-base shape)" if flan else ""),
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()} threads",
         "train_steps": steps,
         "train_wall_seconds": summary["train_seconds"],
@@ -122,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
 
-    params = load_params()
+    logs.configure()
+    cfg = load_config(resolve_profile=False)
     results = {}
     if args.train_steps:
-        results["training"] = bench_training(params, args.train_steps, args.flan_t5_base)
+        results["training"] = bench_training(cfg.train, cfg.preprocess, args.train_steps, args.flan_t5_base)
     if args.model:
         questions = [r["question"] for r in read_jsonl(paths.SPLITS / "test.jsonl")][: args.questions]
         results["inference"] = bench_inference(args.model, questions, args.batch_size)

@@ -9,13 +9,16 @@ the original). Types as the original's: DEMOGRAPHIC's numeric columns INTEGER (D
 so `AGE < "45"` compares numbers; everything else TEXT.
 
 The full code dictionaries D_ICD_DIAGNOSES, D_ICD_PROCEDURES and D_LABITEMS are copied in too.
+The demo folder comes from params.yaml `data.mimic_demo_dir` (through medsql.config).
 
     python -m medsql.build_db
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import logging
 import os
 import sqlite3
 import sys
@@ -24,8 +27,12 @@ from datetime import datetime
 from pathlib import Path
 
 from medsql import paths
+from medsql.config import ConfigError, load_config
+from medsql.logs import configure
 from medsql.schema import TABLES, column_type
-from medsql.util import atomic_path, load_params, resolve
+from medsql.util import atomic_path, resolve
+
+log = logging.getLogger(__name__)
 
 DICTIONARIES = ("D_ICD_DIAGNOSES", "D_ICD_PROCEDURES", "D_LABITEMS")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # how the MIMIC tables write times (build_suite writes the same)
@@ -234,15 +241,22 @@ def build(demo_dir: str | os.PathLike, out_path: str | os.PathLike) -> dict[str,
     return counts
 
 
+HELP = """reads:  params.yaml (data.mimic_demo_dir); the MIMIC-III demo CSVs there (PATIENTS, ADMISSIONS,
+        NAMES, DIAGNOSES_ICD, PROCEDURES_ICD, PRESCRIPTIONS, LABEVENTS and the D_* dictionaries)
+writes: data/mimicsql.db, atomically: a failure leaves the previous database in place"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    params = load_params()
-    demo_dir = resolve(params["data"]["mimic_demo_dir"])
+    parser = argparse.ArgumentParser(prog="python -m medsql.build_db", description=__doc__.splitlines()[0],
+                                     epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    configure()
     try:
-        counts = build(demo_dir, paths.DB)
-    except BuildError as err:
-        print(f"build_db: {err}", file=sys.stderr)
+        counts = build(resolve(load_config().data.mimic_demo_dir), paths.DB)
+    except (ConfigError, BuildError) as err:
+        log.error("%s", err)
         return 1
-    print(f"build_db: wrote {paths.DB}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    log.info("wrote %s: %s", paths.DB, ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 
 

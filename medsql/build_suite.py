@@ -4,7 +4,7 @@
 database alone most gold queries return an empty set or a zero count and wrong queries pass.
 The suite is the demo database plus K synthetic databases. Each synthetic database holds
 - background admissions whose values are drawn from the demo's rows and from the literals the
-  dataset's queries name, and
+  dataset's queries name (medsql.evaluation.suite_sources), and
 - for every gold query, admissions that satisfy all its conditions (one of them on the boundary
   of each range condition) and near-miss admissions that break exactly one condition (on the
   boundary and just past it), so a changed operator, a dropped condition or a swapped value
@@ -15,213 +15,43 @@ subjects sharing a name (and birth, death, gender) in another, so COUNT(DISTINCT
 COUNT(DISTINCT NAME) in place of COUNT(DISTINCT SUBJECT_ID) diverges on one of them. Free values
 of the beyond-the-extreme rows avoid other MIN/MAX queries' conditions where the column allows.
 
-The stage measures its own false-pass rate: wrong variants of every gold query (changed operator,
-dropped condition, swapped value, other selected column) that still match the gold on the whole
-suite. Variants that are equivalent on a column's closed domain (EXPIRE_FLAG >= 1 for = 1) are
-not wrong and are not counted.
+Then the stage measures the suite's false-pass rate (medsql.evaluation.false_pass): how many
+wrong queries made from the gold ones still match the gold on every database.
 
 The synthetic rows are built from evaluation queries: nothing in training may depend on data/suite.
-
-    python -m medsql.build_suite
 """
 
 from __future__ import annotations
 
-import csv
-import functools
+import argparse
 import json
-import math
+import logging
 import random
 import shutil
 import sqlite3
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from medsql import build_db, paths
-from medsql.evaluation.execution import MANIFEST, SuiteResult, suite_match
-from medsql.schema import TABLES, column_type
-from medsql.sqlform import OPERATORS, Condition, FormError, Query, logic_form, parse_sql, render_sql
-from medsql.util import atomic_path, load_params, read_jsonl, resolve, write_json
+from medsql import build_db, logs, paths
+from medsql.config import SuiteConfig, load_config
+from medsql.evaluation.execution import MANIFEST, suite_match
+from medsql.evaluation.false_pass import measure_false_pass
+from medsql.evaluation.suite_sources import Column, Sources, load_sources, satisfies, typed
+from medsql.schema import TABLES, column_type, is_numeric
+from medsql.sqlform import Condition, FormError, Query, parse_sql
+from medsql.util import atomic_path, read_jsonl, resolve, write_json
+
+log = logging.getLogger(__name__)
 
 DEMO_DB = "demo.db"
 METRICS = paths.METRICS / "suite.json"
-MUTATION_KINDS = ("operator", "drop_condition", "swap_value", "select_column")
-SWAPS_PER_CONDITION = 5  # swapped values tried per condition when variants are not sampled
-# A column with at most this many known values (demo, dictionaries, literals) has a closed domain:
-# synthetic rows keep to it, and a variant equivalent on it is not a wrong query.
-CLOSED_DOMAIN_MAX = 6
 # Patient-level columns of DEMOGRAPHIC: one subject keeps them across admissions.
 PATIENT_COLUMNS = ("NAME", "GENDER", "DOB", "DOD", "DOB_YEAR", "DOD_YEAR", "EXPIRE_FLAG")
-
-Column = tuple[str, str]
-
-
-# ---------------------------------------------------------------------------------------------
-# Values: what the demo holds, what the dictionaries hold, what the queries name
-
-
-def _numeric(table: str, column: str) -> bool:
-    return column_type(table, column) in ("INTEGER", "REAL")
-
-
-def typed(table: str, column: str, value: Any) -> Any:
-    """A literal as the column stores it (the dataset writes every literal as a string)."""
-    if value is None:
-        return None
-    kind = column_type(table, column)
-    try:
-        if kind == "INTEGER":
-            number = float(value)
-            return int(number) if number.is_integer() else number
-        if kind == "REAL":
-            return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return str(value)
-
-
-def satisfies(table: str, column: str, value: Any, op: str, literal: str) -> bool:
-    """Whether SQLite keeps a row with `value` under `column op "literal"` (NULL never passes)."""
-    if value is None:
-        return False
-    if _numeric(table, column):
-        try:
-            left, right = float(value), float(literal)
-        except (TypeError, ValueError):
-            left, right = str(value), str(literal)  # type: ignore[assignment]
-    else:
-        left, right = str(value), str(literal)  # type: ignore[assignment]
-    return {"=": left == right, "!=": left != right, "<": left < right, "<=": left <= right,
-            ">": left > right, ">=": left >= right}[op]
-
-
-@dataclass
-class Sources:
-    """Everything synthetic rows are drawn from."""
-
-    rows: dict[str, list[dict[str, Any]]]            # demo rows of the five tables
-    dictionaries: dict[str, list[dict[str, Any]]]    # code dictionaries keyed by the table they feed
-    literals: dict[Column, list[str]]                # values the dataset's queries name
-    names: dict[str, str]                            # SUBJECT_ID -> made-up NAME (NAMES.csv)
-    subjects_by_name: dict[str, list[str]]
-    # memoised look-ups
-    _values: dict[Column, list[Any]] = field(default_factory=dict)
-    _matches: dict[tuple, list[dict[str, Any]]] = field(default_factory=dict)
-    _indexes: dict[tuple[str, str, str], dict[Any, list[int]]] = field(default_factory=dict)
-
-    def values(self, table: str, column: str) -> list[Any]:
-        """Distinct known values of a column: demo rows, dictionary entries and query literals."""
-        if (table, column) not in self._values:
-            self._values[(table, column)] = self._known_values(table, column)
-        return self._values[(table, column)]
-
-    def _known_values(self, table: str, column: str) -> list[Any]:
-        known = {r[column] for r in self.rows[table] if r.get(column) is not None}
-        known |= {r[column] for r in self.dictionaries.get(table, []) if r.get(column) is not None}
-        known |= {typed(table, column, v) for v in self.literals.get((table, column), [])}
-        return sorted(known, key=lambda v: (isinstance(v, str), v))
-
-    @functools.cached_property
-    def domains(self) -> dict[Column, list[Any]]:
-        """Columns with a small closed set of values (GENDER, EXPIRE_FLAG, DRUG_TYPE, ...)."""
-        closed = {}
-        for table, columns in TABLES.items():
-            for column in columns:
-                values = self.values(table, column)
-                if 0 < len(values) <= CLOSED_DOMAIN_MAX:
-                    has_null = any(r.get(column) is None for r in self.rows[table])
-                    closed[(table, column)] = values + ([None] if has_null else [])
-        return closed
-
-    @functools.cached_property
-    def extremes(self) -> dict[Column, tuple[float, float]]:
-        out = {}
-        for table, columns in TABLES.items():
-            for column in columns:
-                if _numeric(table, column):
-                    numbers = [float(v) for v in self.values(table, column) if isinstance(v, int | float)]
-                    if numbers:
-                        out[(table, column)] = (min(numbers), max(numbers))
-        return out
-
-    def matching(self, source: str, table: str, pins: dict[str, Any]) -> list[dict[str, Any]]:
-        """Rows of `source` ("rows" or "dictionaries") agreeing with as many pinned columns as possible."""
-        pool = getattr(self, source).get(table, [])
-        if not pool:
-            return []
-        key = (source, table, tuple(sorted(pins.items(), key=str)))
-        if key not in self._matches:
-            self._matches[key] = self._matching(source, table, pins, pool)
-        return self._matches[key]
-
-    def _matching(self, source: str, table: str, pins: dict[str, Any],
-                  pool: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        candidates: set[int] | None = None
-        for column, value in pins.items():
-            if column not in pool[0]:
-                continue
-            hits = set(self._lookup(source, table, column, value))
-            if not hits:
-                continue
-            narrowed = hits if candidates is None else candidates & hits
-            if narrowed:
-                candidates = narrowed
-        return [pool[i] for i in sorted(candidates)] if candidates else []
-
-    def _lookup(self, source: str, table: str, column: str, value: Any) -> list[int]:
-        key = (source, table, column)
-        if key not in self._indexes:
-            index: dict[Any, list[int]] = defaultdict(list)
-            for i, row in enumerate(getattr(self, source)[table]):
-                index[row.get(column)].append(i)
-            self._indexes[key] = index
-        index = self._indexes[key]
-        hits = index.get(value, [])
-        if not hits and column == "ICD9_CODE" and isinstance(value, str):
-            # The queries sometimes drop the dictionary's zero padding ("40" for "0040").
-            for width in (3, 4, 5):
-                hits = index.get(value.zfill(width), [])
-                if hits:
-                    break
-        return hits
-
-
-def load_sources(db_path: Path, queries: Iterable[Query], names_csv: Path) -> Sources:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = {t: [dict(r) for r in conn.execute(f'SELECT * FROM "{t}"')] for t in TABLES}
-        dictionaries = {
-            "DIAGNOSES": [dict(r) for r in conn.execute(
-                "SELECT ICD9_CODE, SHORT_TITLE, LONG_TITLE FROM D_ICD_DIAGNOSES")],
-            "PROCEDURES": [dict(r) for r in conn.execute(
-                "SELECT ICD9_CODE, SHORT_TITLE, LONG_TITLE FROM D_ICD_PROCEDURES")],
-            "LAB": [dict(r) for r in conn.execute("SELECT ITEMID, LABEL, FLUID, CATEGORY FROM D_LABITEMS")],
-        }
-    finally:
-        conn.close()
-    literals: dict[Column, set[str]] = defaultdict(set)
-    for query in queries:
-        for cond in query.conditions:
-            literals[(cond.table, cond.column)].add(cond.value)
-    names: dict[str, str] = {}
-    with open(names_csv, newline="", encoding="utf-8") as handle:
-        for line_no, fields in enumerate(csv.reader(handle), start=1):
-            if len(fields) != 2:
-                raise ValueError(f"{names_csv}:{line_no}: expected SUBJECT_ID,NAME")
-            names[fields[0]] = fields[1]
-    by_name: dict[str, list[str]] = defaultdict(list)
-    for subject, name in names.items():
-        by_name[name].append(subject)
-    return Sources(rows=rows, dictionaries=dictionaries,
-                   literals={k: sorted(v) for k, v in literals.items()}, names=names,
-                   subjects_by_name=dict(by_name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +69,7 @@ def satisfying_values(sources: Sources, cond: Condition, rng: random.Random) -> 
     if domain is not None:
         passing = [x for x in domain if satisfies(t, c, x, op, v)]
         return passing[:1] + rng.sample(passing, len(passing)) if passing else [typed(t, c, v)]
-    if _numeric(t, c):
+    if is_numeric(t, c):
         x, d = typed(t, c, v), _step(t, c)
         if not isinstance(x, int | float):
             return [v]
@@ -264,7 +94,7 @@ def violating_values(sources: Sources, cond: Condition, rng: random.Random) -> l
         above = [x for x in failing if not satisfies(t, c, x, "<", v)]
         picks = [rng.choice(side) for side in (below, above) if side]
         return picks + ([None] if None in domain else [])
-    if _numeric(t, c):
+    if is_numeric(t, c):
         x, d = typed(t, c, v), _step(t, c)
         if not isinstance(x, int | float):
             return []
@@ -356,7 +186,7 @@ def neutral_values(sources: Sources, queries: Sequence[Query]) -> dict[Column, A
     neutral = {}
     for (table, column), conds in conditions.items():
         candidates = [v for v in sources.values(table, column)]
-        if _numeric(table, column):
+        if is_numeric(table, column):
             numbers = [float(c.value) for c in conds if _is_number(c.value)]
             candidates += [typed(table, column, x + d) for x in numbers for d in (-1, 1)]
         candidates = [v for v in candidates if v is not None]
@@ -521,7 +351,7 @@ class SyntheticDatabase:
 
         # MIN/MAX/AVG: the aggregated column gets values that make each boundary/near-miss row count.
         aggregated = [(agg, t, c) for agg, t, c in query.select
-                      if agg in ("max", "min", "avg") and _numeric(t, c)
+                      if agg in ("max", "min", "avg") and is_numeric(t, c)
                       and not any(k.table == t and k.column == c for k in conditions)]
         low, high = sources.extremes.get(aggregated[0][1:], (0, 100)) if aggregated else (0, 100)
         extreme = any(agg in ("max", "min") for agg, _, _ in aggregated)
@@ -593,113 +423,6 @@ def build_synthetic(sources: Sources, queries: Sequence[Query], path: Path, seed
 
 
 # ---------------------------------------------------------------------------------------------
-# Wrong variants of a gold query, and the false-pass rate
-
-
-def _equivalent_on_domain(sources: Sources, table: str, column: str, gold: tuple[str, str],
-                          wrong: tuple[str, str]) -> bool:
-    """The two conditions keep the same values of a closed domain (EXPIRE_FLAG >= 1 vs = 1)."""
-    domain = sources.domains.get((table, column))
-    if domain is None:
-        return False
-    return all(satisfies(table, column, x, *gold) == satisfies(table, column, x, *wrong) for x in domain)
-
-
-def wrong_variants(query: Query, sources: Sources, rng: random.Random,
-                   per_kind: int | None = None) -> list[tuple[str, str]]:
-    """(kind, SQL) of wrong versions of `query`, at most `per_kind` of each kind (seeded sample)."""
-    gold = logic_form(render_sql(query))
-    out: dict[str, list[str]] = {k: [] for k in MUTATION_KINDS}
-    conds = query.conditions
-
-    def with_condition(i: int, cond: Condition | None) -> Query:
-        rest = conds[:i] + ([cond] if cond else []) + conds[i + 1:]
-        return Query(list(query.select), rest)
-
-    for i, cond in enumerate(conds):
-        for op in OPERATORS:
-            if op != cond.op and not _equivalent_on_domain(
-                    sources, cond.table, cond.column, (cond.op, cond.value), (op, cond.value)):
-                out["operator"].append(render_sql(with_condition(i, replace(cond, op=op))))
-        out["drop_condition"].append(render_sql(with_condition(i, None)))
-        pool = sorted({str(v) for v in sources.literals.get((cond.table, cond.column), [])}
-                      | {str(r[cond.column]) for r in sources.rows[cond.table] if r[cond.column] is not None})
-        rng.shuffle(pool)
-        taken = 0
-        for value in pool:
-            if taken == (per_kind or SWAPS_PER_CONDITION):
-                break
-            if value.endswith(".0") and value[:-2].lstrip("-").isdigit():
-                value = value[:-2]
-            if satisfies(cond.table, cond.column, value, "=", cond.value):
-                continue  # the same value written differently ("2155" for "2155.0")
-            if _equivalent_on_domain(sources, cond.table, cond.column, (cond.op, cond.value),
-                                     (cond.op, value)):
-                continue
-            out["swap_value"].append(render_sql(with_condition(i, replace(cond, value=value))))
-            taken += 1
-    for i, (agg, table, column) in enumerate(query.select):
-        for other in TABLES[table]:
-            if other != column:
-                select = list(query.select)
-                select[i] = (agg, table, other)
-                out["select_column"].append(render_sql(Query(select, list(conds))))
-
-    variants = []
-    for kind in MUTATION_KINDS:
-        candidates = sorted({sql for sql in out[kind] if logic_form(sql) != gold})
-        if per_kind is not None and len(candidates) > per_kind:
-            candidates = rng.sample(candidates, per_kind)
-        variants += [(kind, sql) for sql in candidates]
-    return variants
-
-
-def measure_false_pass(golds: Sequence[str], dbs: Sequence[Path], sources: Sources, seed: int,
-                       per_kind: int | None, timeout_s: float,
-                       gold_runs: dict[str, SuiteResult] | None = None) -> dict[str, Any]:
-    """Run wrong variants of every gold on the suite; one matching the gold everywhere is a false pass.
-
-    `gold_runs`: the golds' own suite results if already computed (gold_informative comes from them).
-    """
-    rng = random.Random(f"{seed}:variants")
-    gold_runs = gold_runs or {}
-    gold_runs = {g: gold_runs.get(g) or suite_match(g, g, dbs, timeout_s=timeout_s) for g in golds}
-    gold_info = {g: r.gold_informative for g, r in gold_runs.items()}
-    tally: dict[str, Counter] = {k: Counter() for k in MUTATION_KINDS}
-    examples: list[dict[str, str]] = []
-    for gold in golds:
-        everywhere = all(gold_info[gold])
-        for kind, wrong in wrong_variants(parse_sql(gold), sources, rng, per_kind):
-            result = suite_match(wrong, gold, dbs, timeout_s=timeout_s, stop_early=True)
-            counts = tally[kind]
-            counts["variants"] += 1
-            counts["demo_pass"] += result.demo_match
-            counts["false_pass"] += result.match
-            counts["informative_variants"] += everywhere
-            counts["informative_false_pass"] += result.match and everywhere
-            if result.match and len(examples) < 25:
-                examples.append({"kind": kind, "gold": gold, "wrong": wrong})
-
-    def rates(counts: Counter) -> dict[str, Any]:
-        n, n_inf = counts["variants"], counts["informative_variants"]
-        return {"variants": n, "false_pass": counts["false_pass"],
-                "false_pass_rate": round(counts["false_pass"] / n, 4) if n else None,
-                "false_pass_rate_demo_only": round(counts["demo_pass"] / n, 4) if n else None,
-                "false_pass_rate_informative_golds": (
-                    round(counts["informative_false_pass"] / n_inf, 4) if n_inf else None)}
-
-    total = sum(tally.values(), Counter())
-    names = [Path(d).name for d in dbs]
-    share = {name: round(sum(info[i] for info in gold_info.values()) / len(golds), 4)
-             for i, name in enumerate(names)}
-    return {**rates(total), "by_kind": {k: rates(v) for k, v in tally.items()},
-            "gold_queries": len(golds), "informative_share": share,
-            "informative_everywhere_share": round(sum(all(i) for i in gold_info.values()) / len(golds), 4),
-            "gold_self_match": sum(r.match for r in gold_runs.values()),
-            "false_pass_examples": examples}
-
-
-# ---------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -721,37 +444,14 @@ def load_gold(ingested: Path) -> tuple[dict[str, list[str]], int]:
     return dict(sorted(by_sql.items())), skipped
 
 
-def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml's `suite:` section, checked (a clear error names the bad key)."""
-    def number(key: str, value: Any, kind: type, low: float, high: float | None = None) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= (
-                high if high is not None else math.inf) or (kind is int and value != int(value)):
-            raise ValueError(f"params.yaml suite.{key}: expected a {kind.__name__} in [{low}, "
-                             f"{high if high is not None else 'inf'}], got {value!r}")
-        return kind(value)
-
-    false_pass = params.get("false_pass") or {}
-    per_kind, max_queries = false_pass.get("per_kind"), false_pass.get("max_queries")
-    return {
-        "k": number("k", params.get("k"), int, 0),
-        "seed": number("seed", params.get("seed"), int, -math.inf),
-        "background_admissions": number("background_admissions",
-                                        params.get("background_admissions", 400), int, 0),
-        "literal_share": number("literal_share", params.get("literal_share", 0.1), float, 0, 1),
-        "timeout_s": number("timeout_s", params.get("timeout_s", 2.0), float, 0.01),
-        "per_kind": None if per_kind is None else number("false_pass.per_kind", per_kind, int, 1),
-        "max_queries": None if max_queries is None else number("false_pass.max_queries", max_queries, int, 1),
-    }
-
-
 def build(demo_db: Path, ingested: Path, names_csv: Path, out_dir: Path, metrics_path: Path,
-          params: dict[str, Any]) -> dict[str, Any]:
+          settings: SuiteConfig) -> dict[str, Any]:
     """Write the suite and its metrics; returns the metrics.
 
     Atomic: on any failure the previous suite folder and metrics file stay as they were.
     """
     started = time.perf_counter()
-    p = check_params(params)
+    per_kind, max_queries = settings.false_pass.per_kind, settings.false_pass.max_queries
     golds_by_sql, skipped = load_gold(ingested)
     golds = list(golds_by_sql)
     queries = [parse_sql(sql) for sql in golds]
@@ -763,26 +463,26 @@ def build(demo_db: Path, ingested: Path, names_csv: Path, out_dir: Path, metrics
         except sqlite3.Error as err:
             raise ValueError(f"{demo_db}: not a database build_db wrote ({err})") from err
         names, sizes = [DEMO_DB], {}
-        for index in range(1, p["k"] + 1):
+        for index in range(1, settings.k + 1):
             name = f"synth_{index}.db"
-            sizes[name] = build_synthetic(sources, queries, staged / name, p["seed"], index,
-                                          p["background_admissions"], p["literal_share"])
+            sizes[name] = build_synthetic(sources, queries, staged / name, settings.seed, index,
+                                          settings.background_admissions, settings.literal_share)
             names.append(name)
         dbs = [staged / n for n in names]
-        gold_runs = {g: suite_match(g, g, dbs, timeout_s=p["timeout_s"]) for g in golds}
-        sample = p["max_queries"]
-        measured = golds if sample is None or sample >= len(golds) else sorted(
-            random.Random(f"{p['seed']}:sample").sample(golds, sample))
-        metrics = measure_false_pass(measured, dbs, sources, p["seed"], p["per_kind"], p["timeout_s"],
+        gold_runs = {g: suite_match(g, g, dbs, timeout_s=settings.timeout_s) for g in golds}
+        measured = golds if max_queries is None or max_queries >= len(golds) else sorted(
+            random.Random(f"{settings.seed}:sample").sample(golds, max_queries))
+        metrics = measure_false_pass(measured, dbs, sources, settings.seed, per_kind, settings.timeout_s,
                                      gold_runs)
         informative_by_key = {key: gold_runs[sql].gold_informative
                               for sql, keys in golds_by_sql.items() for key in keys}
-        manifest = {"dbs": names, "k": p["k"], "seed": p["seed"], "gold_queries": len(golds),
+        manifest = {"dbs": names, "k": settings.k, "seed": settings.seed, "gold_queries": len(golds),
                     "skipped_records": skipped, "rows": sizes, "informative": informative_by_key}
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         metrics.update(
-            k=p["k"], seed=p["seed"], dbs=names, skipped_records=skipped, measured_queries=len(measured),
-            per_kind=p["per_kind"], sampled=len(measured) < len(golds) or p["per_kind"] is not None,
+            k=settings.k, seed=settings.seed, dbs=names, skipped_records=skipped,
+            measured_queries=len(measured), per_kind=per_kind,
+            sampled=len(measured) < len(golds) or per_kind is not None,
             gold_self_match=sum(r.match for r in gold_runs.values()), gold_queries=len(golds),
             seconds=round(time.perf_counter() - started, 1))
         write_json(metrics_path, metrics)  # last step inside: a failure above leaves both old outputs
@@ -790,16 +490,25 @@ def build(demo_db: Path, ingested: Path, names_csv: Path, out_dir: Path, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    params = load_params()
-    names_csv = resolve(params["data"]["mimic_demo_dir"]) / "NAMES.csv"
+    parser = argparse.ArgumentParser(
+        prog="python -m medsql.build_suite", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build the test-suite databases (the demo database plus suite.k synthetic ones) and "
+                    "measure how often a wrong query passes them.",
+        epilog=f"reads:  {paths.DB}, {paths.INGESTED}, <data.mimic_demo_dir>/NAMES.csv,\n"
+               f"        params (suite, data.mimic_demo_dir) from $MEDSQL_PARAMS or {paths.PARAMS}\n"
+               f"writes: {paths.SUITE}/ ({DEMO_DB}, synth_<i>.db, {MANIFEST}), {METRICS}")
+    parser.parse_args(argv)
+    logs.configure()
+    config = load_config()
+    names_csv = resolve(config.data.mimic_demo_dir) / "NAMES.csv"
     for needed in (paths.DB, paths.INGESTED, names_csv):
         if not Path(needed).is_file():
-            print(f"build_suite: {needed} not found", file=sys.stderr)
+            log.error("%s not found", needed)
             return 1
-    metrics = build(paths.DB, paths.INGESTED, names_csv, paths.SUITE, METRICS, params["suite"])
-    print(f"build_suite: {len(metrics['dbs'])} databases in {paths.SUITE}; false-pass rate "
-          f"{metrics['false_pass_rate']} over {metrics['variants']} wrong variants "
-          f"(demo alone: {metrics['false_pass_rate_demo_only']}); {metrics['seconds']} s")
+    metrics = build(paths.DB, paths.INGESTED, names_csv, paths.SUITE, METRICS, config.suite)
+    log.info("%d databases in %s; false-pass rate %s over %d wrong queries (demo alone: %s); %s s",
+             len(metrics["dbs"]), paths.SUITE, metrics["false_pass_rate"], metrics["wrong_queries"],
+             metrics["false_pass_rate_demo_only"], metrics["seconds"])
     return 0
 
 

@@ -218,6 +218,9 @@ class TrainConfig:
 class RegisterConfig:
     model_name: str = "medsql"   # MLflow Model Registry name; everything serves models:/medsql@champion
     margin: float = _setting(0.01, _non_negative, "must be 0 or positive")  # champion moves only if beaten by this
+    # The gate moves champion itself (embedded run). False where a person must decide (docker-compose sets
+    # MEDSQL_AUTO_PROMOTE=false, which wins): the gate then only reports, `medsql promote` moves champion.
+    auto_promote: bool = True
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ Output data/ingested.jsonl, one record a line:
   {"key", "variant", "question", "sql", "source", "origin"}
 with origin "<wording>/<file>:<line>" (MIMICSQL) or "<hf path>[<split>]#<row index>" (hf_chat).
 Bad input stops the stage with an error naming file, line (or row) and field; the previous output
-is left in place.
+is left in place. Parameters come from params.yaml through medsql.config (sections `data`, `ingest`).
 
     python -m medsql.ingest [--params params.yaml] [--out data/ingested.jsonl]
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import re
 import sys
 from collections import Counter
@@ -33,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from medsql import paths
-from medsql.util import load_params, resolve, write_jsonl
+from medsql.config import ConfigError, DataConfig, IngestConfig, load_config
+from medsql.logs import configure
+from medsql.text import collapse_whitespace
+from medsql.util import resolve, write_jsonl
+
+log = logging.getLogger(__name__)
 
 MIMICSQL_FIELDS = {"key": "key", "question": "question_refine", "sql": "sql"}  # ours: theirs
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -44,14 +50,10 @@ class IngestError(ValueError):
     """Input that cannot become canonical records; the message names file, line (or row) and field."""
 
 
-def normalise_sql(sql: str) -> str:
-    """Whitespace-normalised SQL; case is kept because literal values are case-sensitive."""
-    return " ".join(sql.split())
-
-
 def sql_key(sql: str) -> str:
-    """A stable key for a query (hex MD5, the same shape as MIMICSQL's keys)."""
-    return hashlib.md5(normalise_sql(sql).encode("utf-8")).hexdigest()
+    """A stable key for a query: hex MD5 (the shape of MIMICSQL's keys) of the SQL with its whitespace
+    collapsed and its case kept (literal values are case-sensitive)."""
+    return hashlib.md5(collapse_whitespace(sql).encode("utf-8")).hexdigest()
 
 
 def read_jsonl_objects(path: Path, shown: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -59,7 +61,14 @@ def read_jsonl_objects(path: Path, shown: str) -> Iterator[tuple[int, dict[str, 
     if not path.is_file():
         raise IngestError(f"{shown}: file not found ({path})")
     with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+        yield from jsonl_objects(handle, shown)
+
+
+def jsonl_objects(lines: Iterable[str], shown: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for each non-blank line of JSONL text read line by line."""
+    line_no = 0
+    try:
+        for line_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -69,6 +78,10 @@ def read_jsonl_objects(path: Path, shown: str) -> Iterator[tuple[int, dict[str, 
             if not isinstance(obj, dict):
                 raise IngestError(f"{shown} line {line_no}: not a JSON object")
             yield line_no, obj
+    except UnicodeDecodeError as err:
+        # The decoder reads ahead in blocks: the bad byte is somewhere past the last line read.
+        after = f" after line {line_no}" if line_no else ""
+        raise IngestError(f"{shown}: not UTF-8 text{after} ({err.reason})") from None
 
 
 def mimicsql_records(root: Path, wordings: Iterable[str], files: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -163,53 +176,52 @@ def chat_records(rows: Iterable[dict[str, Any]], origin: str, variant: str,
         fenced = _SQL_FENCE.match(sql)
         if fenced:  # chat answers often wrap the query in a ```sql fence
             sql = fenced.group(1)
-        key = known_keys.get(normalise_sql(sql)) or sql_key(sql)
+        key = known_keys.get(collapse_whitespace(sql)) or sql_key(sql)
         yield {"key": key, "variant": variant, "question": by_role["user"].strip(), "sql": sql,
                "source": "hf_chat", "origin": where}
 
 
-def ingest(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """All canonical records the parameters name (MIMICSQL first, then the chat dataset)."""
-    settings = params.get("ingest", {})
-    sources = settings.get("sources", ["mimicsql"])
-    unknown = set(sources) - {"mimicsql", "hf_chat"}
-    if unknown:
-        raise IngestError(f"params.yaml ingest.sources: unknown source(s) {', '.join(sorted(unknown))}")
+def ingest(settings: IngestConfig, data: DataConfig) -> list[dict[str, Any]]:
+    """All canonical records the settings name (MIMICSQL first, then the chat dataset)."""
     records: list[dict[str, Any]] = []
-    if "mimicsql" in sources:
-        mimicsql = settings.get("mimicsql", {})
-        records += mimicsql_records(resolve(params["data"]["mimicsql_dir"]),
-                                    mimicsql.get("wordings", ["template", "natural", "natural_v2"]),
-                                    mimicsql.get("files", ["dev.jsonl", "test.jsonl"]))
-    if "hf_chat" in sources:
-        chat = settings["hf_chat"]
-        split = chat.get("split", "train")
-        dataset = load_chat_dataset(chat["path"], split)
+    if "mimicsql" in settings.sources:
+        records += mimicsql_records(resolve(data.mimicsql_dir), settings.mimicsql.wordings,
+                                    settings.mimicsql.files)
+    if "hf_chat" in settings.sources:
+        chat = settings.hf_chat
+        dataset = load_chat_dataset(chat.path, chat.split)
         if "messages" not in dataset.column_names:
-            raise IngestError(f"hf_chat: {chat['path']} [{split}]: field 'messages' missing "
+            raise IngestError(f"hf_chat: {chat.path} [{chat.split}]: field 'messages' missing "
                               f"(columns: {', '.join(dataset.column_names)})")
-        known_keys = {normalise_sql(r["sql"]): r["key"] for r in records}
-        records += chat_records(dataset, f"{chat['path']}[{split}]", chat.get("variant", "natural"),
-                                known_keys)
+        known_keys = {collapse_whitespace(r["sql"]): r["key"] for r in records}
+        records += chat_records(dataset, f"{chat.path}[{chat.split}]", chat.variant, known_keys)
     if not records:
         raise IngestError("no records: params.yaml ingest.sources names no source with data")
     return records
 
 
+HELP = """reads:  params.yaml (data.mimicsql_dir, ingest.*); the MIMICSQL JSONL files
+        <data.mimicsql_dir>/<wording>/<file>, and/or the chat dataset ingest.hf_chat.path
+writes: data/ingested.jsonl (or --out), atomically: a failure leaves the previous file in place"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medsql.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="parameters file (default: params.yaml)")
-    parser.add_argument("--out", default=str(paths.INGESTED), help="output JSONL")
+    parser = argparse.ArgumentParser(prog="python -m medsql.ingest", description=__doc__.splitlines()[0],
+                                     epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=None, help="parameters file (default: params.yaml or $MEDSQL_PARAMS)")
+    parser.add_argument("--out", default=str(paths.INGESTED), help="output JSONL (default: %(default)s)")
     args = parser.parse_args(argv)
+    configure()
     try:
-        records = ingest(load_params(args.params))
-    except IngestError as err:
-        print(f"ingest: {err}", file=sys.stderr)
+        cfg = load_config(args.params)
+        records = ingest(cfg.ingest, cfg.data)
+    except (ConfigError, IngestError) as err:
+        log.error("%s", err)
         return 1
     write_jsonl(args.out, records)
     counts = Counter((r["source"], r["variant"]) for r in records)
     detail = ", ".join(f"{source}/{variant}: {n}" for (source, variant), n in sorted(counts.items()))
-    print(f"ingest: wrote {len(records)} records ({detail}) to {args.out}")
+    log.info("wrote %d records (%s) to %s", len(records), detail, args.out)
     return 0
 
 

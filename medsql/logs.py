@@ -36,6 +36,9 @@ def configure(level: str | int | None = None) -> None:
         # Libraries that draw their own bars (datasets' map, transformers' loading) stay quiet.
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        if "transformers" in sys.modules:  # tqdm read TQDM_DISABLE when imported, before this: too late
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
         try:
             from datasets.utils.logging import disable_progress_bar
         except ImportError:  # datasets not installed where only serving runs

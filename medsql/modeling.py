@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 from tokenizers import (
@@ -36,6 +35,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
+from medsql.config import EmbeddedModel, Lora
 from medsql.sqlform import AGGREGATES, COLUMN_TOKENS
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -174,24 +174,25 @@ AutoConfig.register(T5CopyConfig.model_type, T5CopyConfig)
 AutoModelForSeq2SeqLM.register(T5CopyConfig, T5WithCopy)
 
 
-def build_scratch_model(tokenizer: PreTrainedTokenizerFast, shape: dict[str, Any]) -> T5ForConditionalGeneration:
-    config_class = T5CopyConfig if shape.get("copy_mechanism") else T5Config
+def build_scratch_model(tokenizer: PreTrainedTokenizerFast, shape: EmbeddedModel) -> T5ForConditionalGeneration:
+    """The embedded profile's T5 at its initial weights (with the copy head if the shape asks for it)."""
+    config_class = T5CopyConfig if shape.copy_mechanism else T5Config
     config = config_class(
         vocab_size=len(tokenizer),
-        d_model=shape["d_model"],
-        d_ff=shape["d_ff"],
-        d_kv=shape["d_model"] // shape["num_heads"],
-        num_heads=shape["num_heads"],
-        num_layers=shape["num_layers"],
-        num_decoder_layers=shape["num_decoder_layers"],
-        dropout_rate=shape["dropout"],
-        feed_forward_proj=shape.get("feed_forward_proj", "relu"),
+        d_model=shape.d_model,
+        d_ff=shape.d_ff,
+        d_kv=shape.d_model // shape.num_heads,
+        num_heads=shape.num_heads,
+        num_layers=shape.num_layers,
+        num_decoder_layers=shape.num_decoder_layers,
+        dropout_rate=shape.dropout,
+        feed_forward_proj="relu",
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
-    return T5WithCopy(config) if shape.get("copy_mechanism") else T5ForConditionalGeneration(config)
+    return T5WithCopy(config) if shape.copy_mechanism else T5ForConditionalGeneration(config)
 
 
 def load_pretrained(name_or_path: str | Path):
@@ -203,15 +204,16 @@ def load_pretrained(name_or_path: str | Path):
     return model, tokenizer
 
 
-def apply_lora(model, lora: dict[str, Any]):
+def apply_lora(model, lora: Lora):
+    """LoRA adapters (peft) on `lora.target_modules`; only they train."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
         task_type=TaskType.SEQ_2_SEQ_LM,
-        r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        target_modules=list(lora["target_modules"]),
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
     )
     return get_peft_model(model, config)
 

@@ -44,5 +44,10 @@ def column_type(table: str, column: str) -> str:
     return "TEXT"
 
 
+def is_numeric(table: str, column: str) -> bool:
+    """Whether SQLite compares the column's values as numbers (INTEGER or REAL)."""
+    return column_type(table, column) in ("INTEGER", "REAL")
+
+
 def has_column(table: str, column: str) -> bool:
     return column.upper() in TABLES.get(table.upper(), [])

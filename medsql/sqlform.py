@@ -1,9 +1,11 @@
 """The shapes SQL takes in medsql: the dataset's SQL, its logic form, and a compact target form.
 
 MIMICSQL's SQL is generated from a structure (aggregation, selected columns, AND-ed conditions);
-the FROM clause follows from the set of tables the columns name. The compact form keeps only
-that structure, so a small model emits about a third of the tokens, and `compact_to_sql` expands
-it back into the dataset's exact SQL.
+the FROM clause follows from the set of tables the columns name. A `Query` is that structure:
+`parse_sql` reads it off the dataset's SQL and `render_sql` writes the SQL back. The compact form
+keeps only that structure, so a small model emits about a third of the tokens: `to_compact` writes
+it, `parse_compact` reads it, and `render_sql(parse_compact(text))` expands it back into the
+dataset's exact SQL.
 
     SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES
     on DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "Mal neo ..."
@@ -16,18 +18,20 @@ import re
 from dataclasses import dataclass, field
 
 from medsql.schema import TABLE_ORDER, TABLES
+from medsql.text import collapse_whitespace
 
 AGGREGATES = ("count_distinct", "count", "max", "min", "avg", "sum")
 OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
 COLUMN_TOKENS = [f"{t}.{c}".lower() for t, cols in TABLES.items() for c in cols]
-KEYWORD_TOKENS = ["where", "and", '"', ","] + list(AGGREGATES) + list(OPERATORS)
 
 _LITERAL = re.compile(r'(?<![.\w])"([^"]*)"')
 _SELECT = re.compile(r"^\s*SELECT\s+(?P<sel>.*?)\s+FROM\s+(?P<from>.*?)(?:\s+WHERE\s+(?P<where>.*))?\s*$",
                      re.IGNORECASE | re.DOTALL)
 _AGG_ITEM = re.compile(r"^(?P<agg>\w+)\s*\(\s*(?P<distinct>DISTINCT\s+)?(?P<col>[^()]+?)\s*\)$", re.IGNORECASE)
 _COLUMN = re.compile(r'^(?P<table>\w+)\."?(?P<column>\w+)"?$')
-_CONDITION_IN_WHERE = re.compile(
+# One condition of the WHERE clause: `TABLE."COLUMN" op value` (the value quoted or bare). parse_sql
+# reads conditions with it; value recovery finds the literals it rewrites with it.
+CONDITION_IN_WHERE = re.compile(
     r'(?P<col>\w+\."?\w+"?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>"[^"]*"|\'[^\']*\'|[^\s"\']+)')
 
 
@@ -44,12 +48,18 @@ def to_single_quotes(sql: str) -> str:
 
 
 def logic_form(sql: str) -> str:
-    """TREQS's logic form for exact comparison: lower-cased, whitespace normalised."""
-    return " ".join(sql.lower().split())
+    """TREQS's logic form for exact comparison: lower-cased, whitespace collapsed."""
+    return collapse_whitespace(sql.lower())
+
+
+# One selected item: (aggregate or None, table, column), e.g. ("count_distinct", "DEMOGRAPHIC", "SUBJECT_ID").
+SelectItem = tuple[str | None, str, str]
 
 
 @dataclass(frozen=True)
 class Condition:
+    """One AND-ed condition: TABLE.COLUMN compared with a literal (the literal without its quotes)."""
+
     table: str
     column: str
     op: str
@@ -60,7 +70,7 @@ class Condition:
 class Query:
     """One query of the dataset's grammar."""
 
-    select: list[tuple[str | None, str, str]]  # (aggregate or None, table, column)
+    select: list[SelectItem]
     conditions: list[Condition] = field(default_factory=list)
 
     @property
@@ -101,7 +111,7 @@ def parse_sql(sql: str) -> Query:
     if m["where"]:
         where = m["where"].strip()
         pos = 0
-        for i, c in enumerate(_CONDITION_IN_WHERE.finditer(where)):
+        for i, c in enumerate(CONDITION_IN_WHERE.finditer(where)):
             gap = where[pos:c.start()].strip()
             if gap.upper() != ("AND" if i else ""):
                 raise FormError(f"condition outside the grammar near {where[pos:c.end()]!r}")
@@ -116,7 +126,7 @@ def parse_sql(sql: str) -> Query:
     if render_sql(query).split() != sql.split():
         # The FROM clause (or spacing of the select) is not the one the tables imply.
         expected_from = _from_clause(query.tables)
-        if " ".join(m["from"].split()).lower() != expected_from.lower():
+        if collapse_whitespace(m["from"]).lower() != expected_from.lower():
             raise FormError(f"FROM clause {m['from']!r} is not the join the tables imply")
     return query
 
@@ -167,7 +177,7 @@ _COMPACT_CONDITION = re.compile(r'(?P<col>\w+\.\w+)\s*(?P<op><=|>=|!=|=|<|>)\s*"
 
 def parse_compact(text: str) -> Query:
     """Parse the compact form (FormError on anything malformed: a model may emit it)."""
-    text = " ".join(text.split())
+    text = collapse_whitespace(text)
     head, _, where = text.partition(" where ")
     select = []
     for item in head.split(" , "):
@@ -186,7 +196,7 @@ def parse_compact(text: str) -> Query:
         for i, c in enumerate(_COMPACT_CONDITION.finditer(where)):
             if where[pos:c.start()].strip() != ("and" if i else ""):
                 raise FormError(f"bad condition near {where[pos:c.end()]!r}")
-            conditions.append(Condition(*_column(c["col"]), c["op"], " ".join(c["value"].split())))
+            conditions.append(Condition(*_column(c["col"]), c["op"], collapse_whitespace(c["value"])))
             pos = c.end()
         if not conditions or where[pos:].strip():
             raise FormError(f"bad condition {where[pos:]!r}")

@@ -6,61 +6,126 @@ Two profiles (params.yaml `train.profile`):
 - reference: a pretrained checkpoint (`google/flan-t5-base`, or any hub id / local folder) with
   LoRA adapters (peft) and the reference design's hyper-parameters; bf16 on CUDA.
 
-Checkpoints go to checkpoints/<fingerprint>/, the fingerprint being a hash of the train params
-and the data, so a run killed mid-way resumes from its last checkpoint and a changed run never
-resumes someone else's. Runs unchanged under `torchrun` / `accelerate launch` (the Trainer does
-the data parallelism). Logs to MLflow: params, losses, validation metrics, the curve, the model.
+Checkpoints go to checkpoints/<fingerprint>/, the fingerprint being a hash of the train and
+preprocess settings and the data, so a run killed mid-way resumes from its last complete
+checkpoint and a changed run never resumes someone else's. A run survives being killed at any
+moment: on start, a checkpoint the kill left half-written is set aside (the one before it is
+used), staging folders of dead writers are removed, and MLflow runs left RUNNING by a dead
+process are marked KILLED; the model folder is swapped in whole, so the last good model stays
+in place until a new one is complete. Runs unchanged under `torchrun` / `accelerate launch`
+(the Trainer does the data parallelism). Logs to MLflow: params, losses, validation metrics,
+the curve, the model.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
+import signal
+import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from medsql import modeling, paths, tracking
+from medsql import logs, modeling, paths, tracking
+from medsql.config import ConfigError, PreprocessConfig, TrainConfig, as_dict, load_config
 from medsql.overrides import flatten
 from medsql.sqlform import Condition, Query, logic_form, parse_sql, render_sql, sql_to_compact
-from medsql.util import atomic_path, load_params, read_jsonl, write_json
+from medsql.util import atomic_path, host_name, process_alive, read_jsonl, remove_stale_staging, write_json
 
-# Keys of train.reference that override the top-level train settings for that profile.
-REFERENCE_OVERRIDES = ("optimizer", "learning_rate", "epochs", "per_device_batch_size", "gradient_accumulation_steps",
-                       "warmup_ratio", "weight_decay", "max_grad_norm", "label_smoothing", "lr_scheduler",
-                       "target_form")
+log = logging.getLogger(__name__)
+
+HELP = """reads:  params.yaml (train.*, preprocess.*; or $MEDSQL_PARAMS); data/splits/train.jsonl and
+        validation.jsonl; data/mimicsql.db (the values literals may take, when present);
+        checkpoints/<fingerprint>/ (a killed run's checkpoints: resumed from)
+writes: models/medsql/ (model, tokenizer, medsql.json, values.json, baseline/, mlflow.json; swapped in
+        whole); metrics/train.json, metrics/train_curve.csv, metrics/validation_curve.csv,
+        reports/figures/train_curve.png; an MLflow run ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db);
+        checkpoints/<fingerprint>/ while training (removed when the run finishes)
+on start, after a kill: sets a half-written checkpoint aside (checkpoints/<fingerprint>.set-aside/) and
+        resumes from the one before; removes staging folders (models/.medsql.staging-<pid>-<host>-*)
+        of dead processes; marks KILLED the MLflow runs a dead process left RUNNING
+logs:   progress bars on a terminal; elsewhere one line every 10 % of the steps and after each validation
+        ($MEDSQL_LOG_LEVEL sets the level)"""
+
+PROGRESS_SHARE = 0.1  # off a terminal: a progress line every this share of the steps
 
 
-def effective_settings(train: dict[str, Any]) -> dict[str, Any]:
-    settings = {k: v for k, v in train.items() if k not in ("embedded", "reference")}
-    if train["profile"] == "reference":
-        settings.update({k: train["reference"][k] for k in REFERENCE_OVERRIDES if k in train["reference"]})
-    elif train["profile"] != "embedded":
-        raise SystemExit(f"params.yaml train.profile: {train['profile']!r} is not 'embedded' or 'reference'")
-    return settings
+class TrainError(RuntimeError):
+    """The stage cannot start: its input is missing or empty (the message names the file)."""
 
 
-def target_text(sql: str, form: str) -> str:
-    return sql_to_compact(sql) if form == "compact" else sql
+# ---- the stage, step by step -----------------------------------------------------------------
+
+
+def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
+    """Train, validate, save the model folder; returns the summary also written to metrics/train.json."""
+    import mlflow
+    from transformers import set_seed
+
+    tracking.configure()
+    recover_interrupted()
+    set_seed(train.seed)
+    rows, val_rows, values = load_data(train)
+    model, tokenizer = build(train, rows)
+    train_ds, val_ds = encode(rows, tokenizer, train), encode(val_rows, tokenizer, train)
+    meta = model_meta(train, preprocess)
+    run_dir = paths.CHECKPOINTS / fingerprint(train, preprocess)
+    args = training_arguments(train, run_dir, len(train_ds), meta["name"])
+    os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "true")
+    with mlflow.start_run(run_name=meta["name"], tags=process_tags()) as active:
+        mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
+        trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values)
+        summary, history = fit(trainer, run_dir)
+        save_outputs(trainer.model, tokenizer, train, rows, meta, values, summary, history, active.info.run_id)
+    write_json(paths.METRICS / "train.json", summary)
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints have served
+    shutil.rmtree(set_aside_dir(run_dir), ignore_errors=True)
+    return summary
+
+
+def recover_interrupted() -> None:
+    """Clear what a killed earlier run left behind: half-written outputs and RUNNING MLflow runs.
+
+    Only what a process that is no longer alive left: a run still going elsewhere is not touched.
+    (Half-written checkpoints are dealt with where the run resumes: `resume_point`.)
+    """
+    for folder in (paths.MODELS, paths.METRICS, paths.REPORTS / "figures"):
+        remove_stale_staging(folder)
+    end_abandoned_runs()
+
+
+def load_data(train: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+    """Training rows (with the value-swapped copies), validation rows, and the ValueIndex (or None)."""
+    from medsql.evaluation.recovery import ValueIndex
+
+    rows = load_rows("train", train.train_variants, train.max_train_rows)
+    val_rows = load_rows("validation", None, train.max_train_rows and max(8, train.max_train_rows // 4))
+    if not rows:
+        raise TrainError(f"{paths.SPLITS / 'train.jsonl'}: no training pairs of the wordings {train.train_variants}")
+    # The values literals may take, shipped in the model folder for casing and value recovery:
+    # real demo tables, code dictionaries and the training split's literals, never the suite.
+    values = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl") if paths.DB.is_file() else None
+    if train.augment_copies:
+        extra = swap_values(rows, values, train.augment_copies, train.seed)
+        log.info("%d value-swapped copies added to %d training pairs", len(extra), len(rows))
+        rows = rows + extra
+    return rows, val_rows, values
 
 
 def load_rows(split: str, variants: list[str] | None = None, limit: int = 0) -> list[dict[str, Any]]:
     path = paths.SPLITS / f"{split}.jsonl"
     if not path.is_file():
-        raise SystemExit(f"train: {path} is missing; run `dvc repro preprocess` first")
+        raise TrainError(f"{path} is missing; run `dvc repro preprocess` first")
     rows = [r for r in read_jsonl(path) if not variants or r["variant"] in variants]
     return rows[:limit] if limit else rows
-
-
-def fingerprint(params: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for split in ("train", "validation"):
-        digest.update((paths.SPLITS / f"{split}.jsonl").read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def swap_values(rows: list[dict[str, Any]], index, copies: int, seed: int) -> list[dict[str, Any]]:
@@ -101,6 +166,330 @@ def swap_values(rows: list[dict[str, Any]], index, copies: int, seed: int) -> li
     return out
 
 
+def build(train: TrainConfig, rows: list[dict[str, Any]]):
+    """Model and tokenizer for the profile: a fresh T5 and tokenizer (embedded), or the base model with LoRA."""
+    if train.profile == "embedded":
+        texts = [r["input"] for r in rows] + [target_text(r["sql"], train.target_form) for r in rows]
+        tokenizer = modeling.train_tokenizer(texts, train.embedded.vocab_size, train.embedded.individual_digits)
+        return modeling.build_scratch_model(tokenizer, train.embedded), tokenizer
+    base, tokenizer = modeling.load_pretrained(train.reference.base_model)
+    return modeling.apply_lora(base, train.reference.lora), tokenizer
+
+
+def target_text(sql: str, form: str) -> str:
+    return sql_to_compact(sql) if form == "compact" else sql
+
+
+def encode(rows: list[dict[str, Any]], tokenizer, train: TrainConfig):
+    """A Dataset of token ids: the model input and the target (compact form or SQL) as labels."""
+    from datasets import Dataset
+
+    compact = train.target_form == "compact"
+    # A lone '▁' right before a schema token (`where ▁ diagnoses.short_title`) carries nothing:
+    # drop it from the labels. Elsewhere it is a real space (before a number, inside a date).
+    schema_ids = set(tokenizer.convert_tokens_to_ids(modeling.SCHEMA_TOKENS)) if compact else set()
+    space_id = tokenizer.convert_tokens_to_ids("▁") if compact else None
+
+    def drop_idle_spaces(ids: list[int]) -> list[int]:
+        return [i for i, nxt in zip(ids, ids[1:] + [None], strict=True) if not (i == space_id and nxt in schema_ids)]
+
+    def encode_batch(batch: dict[str, list]) -> dict[str, list]:
+        enc = tokenizer(batch["input"], truncation=True, max_length=train.max_input_tokens)
+        labels = tokenizer(text_target=[target_text(s, train.target_form) for s in batch["sql"]],
+                           truncation=True, max_length=train.max_target_tokens)["input_ids"]
+        enc["labels"] = [drop_idle_spaces(ids) for ids in labels] if compact else labels
+        return enc
+
+    columns = ["input", "sql"]
+    return Dataset.from_list([{c: r[c] for c in columns} for r in rows]).map(encode_batch, batched=True,
+                                                                            remove_columns=columns)
+
+
+def model_meta(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
+    """medsql.json of the model folder: how the Predictor builds inputs and reads outputs."""
+    return {
+        "name": f"medsql-{train.profile}",
+        "profile": train.profile,
+        "target_form": train.target_form,
+        "task_prefix": preprocess.task_prefix,
+        "schema_context": preprocess.schema_context,
+        "lowercase_questions": preprocess.lowercase_questions,
+        "num_beams": train.num_beams,
+        "max_input_tokens": train.max_input_tokens,
+        "max_target_tokens": train.max_target_tokens,
+        "base_model": train.reference.base_model if train.profile == "reference" else None,
+    }
+
+
+def fingerprint(train: TrainConfig, preprocess: PreprocessConfig) -> str:
+    """Hash of the settings and the data: names the checkpoint folder a run may resume from."""
+    settings = as_dict(train) | {"preprocess": as_dict(preprocess)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for split in ("train", "validation"):
+        digest.update((paths.SPLITS / f"{split}.jsonl").read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def training_arguments(train: TrainConfig, run_dir: Path, train_rows: int, run_name: str):
+    """The Seq2SeqTrainingArguments: schedule, validation and checkpoint every `eval_every_epochs`."""
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+
+    steps_per_epoch = max(1, train_rows // (train.per_device_batch_size * train.gradient_accumulation_steps))
+    eval_steps = max(1, int(steps_per_epoch * train.eval_every_epochs))
+    cuda = torch.cuda.is_available()
+    return Seq2SeqTrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of all steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        label_smoothing_factor=train.label_smoothing,
+        per_device_train_batch_size=train.per_device_batch_size,
+        per_device_eval_batch_size=max(64, train.per_device_batch_size),
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="logic_form_accuracy",
+        greater_is_better=True,
+        predict_with_generate=True,
+        generation_num_beams=1,  # greedy for validation: cheap; beams at prediction time
+        generation_max_length=train.max_target_tokens,
+        logging_steps=max(1, steps_per_epoch // 2),
+        report_to=["mlflow"],
+        run_name=run_name,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=train.bf16 and bf16_supported(cuda),
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        disable_tqdm=not logs.on_terminal(),  # elsewhere `progress_log` writes a line now and then
+        save_only_model=False,
+    )
+
+
+def make_trainer(train: TrainConfig, args, model, tokenizer, train_ds, val_ds, meta: dict[str, Any], values):
+    """The Seq2SeqTrainer, validating with the logic-form accuracy of what the Predictor would answer."""
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer
+
+    from medsql.predictor import Predictor
+
+    # Validation decodes exactly as the Predictor will: the same expansion and casing.
+    decoder = Predictor.from_parts(model, tokenizer, meta, values)
+    callbacks = [wall_clock_limit(train.max_wall_minutes)]
+    if args.disable_tqdm:
+        callbacks.append(progress_log(PROGRESS_SHARE))
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        compute_metrics=logic_form_metric(decoder, tokenizer, train.target_form),
+        callbacks=callbacks,
+        optimizers=(optimizer(train, model), None),  # None: the Trainer's own schedule
+    )
+    if args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)  # it prints raw dicts; progress_log says it in words
+    return trainer
+
+
+def logic_form_metric(decoder, tokenizer, target_form: str):
+    """compute_metrics for the Trainer: the share of predictions with the gold query's logic form."""
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        import numpy as np
+
+        def texts(ids) -> list[str]:
+            ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+            if target_form == "compact":
+                return [decoder.to_sql(modeling.decode_compact(tokenizer, row)) for row in ids]
+            return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+        # Compare with the labels of the same batch: the eval sampler may reorder rows (length
+        # grouping), so the order of the validation rows says nothing about the order of predictions.
+        hits = [logic_form(p) == logic_form(g)
+                for p, g in zip(texts(eval_pred.predictions), texts(eval_pred.label_ids), strict=True)]
+        return {"logic_form_accuracy": float(np.mean(hits))}
+
+    return compute_metrics
+
+
+def fit(trainer, run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train (resuming from the last complete checkpoint), validate the best model; the summary and curve."""
+    last = resume_point(run_dir)
+    if last:
+        log.info("resuming from %s", last)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    wall = time.time() - started
+    history = list(trainer.state.log_history)  # the curve: training only, not the re-evaluation below
+    final_eval = trainer.evaluate()
+    trainable, total = modeling.count_parameters(trainer.model)
+    summary = {
+        "train_loss": float(result.training_loss),
+        "train_seconds": round(wall, 1),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "epochs_completed": float(trainer.state.epoch or 0),
+        "validation_logic_form_accuracy": final_eval.get("eval_logic_form_accuracy"),
+        "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name,
+        "resumed_from": last.name if last else None,
+        "parameters": total,
+        "trainable_parameters": trainable,
+    }
+    return summary, history
+
+
+def save_outputs(model, tokenizer, train: TrainConfig, rows: list[dict[str, Any]], meta: dict[str, Any], values,
+                 summary: dict[str, Any], history: list[dict[str, Any]], run_id: str) -> None:
+    """The model folder (with its baseline) swapped in whole; the curve; metrics and the pyfunc in MLflow."""
+    import mlflow
+
+    with atomic_path(paths.MODEL) as staged:
+        save_model(model, tokenizer, staged, meta, values)
+        save_baseline(train, rows, staged / "baseline", meta)
+        curve = write_curve(history)
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        mlflow.log_artifact(str(curve))
+        model_info = log_pyfunc(staged)
+        (staged / "mlflow.json").write_text(json.dumps({
+            "run_id": run_id,
+            "model_uri": model_info.model_uri,  # MLflow 3: the logged model's own URI (models:/m-...)
+            "tracking_uri": tracking.tracking_uri(),
+        }, indent=2) + "\n")
+
+
+# ---- surviving a kill ------------------------------------------------------------------------
+
+TRAINER_STATE = "trainer_state.json"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+           "adapter_model.bin")
+OPTIMIZER_STATE = ("optimizer.pt", "scheduler.pt")  # save_only_model=False: a resume needs both
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `run_dir`, or None (train from the start).
+
+    A checkpoint that a kill left incomplete (`checkpoint_problem`) is moved out of the way, to
+    `set_aside_dir(run_dir)`, so that neither this run nor the Trainer's rotation reads it.
+    """
+    if not run_dir.is_dir():
+        return None
+    found = [p for p in run_dir.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()]
+    complete = []
+    for checkpoint in sorted(found, key=lambda p: int(p.name.split("-")[1])):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            complete.append(checkpoint)
+            continue
+        aside = set_aside_dir(run_dir) / f"{checkpoint.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(checkpoint, aside)
+        except FileNotFoundError:  # another rank of a torchrun job set it aside first
+            continue
+        log.warning("%s is incomplete (%s), probably cut short by a kill: set aside as %s", checkpoint, problem,
+                    aside)
+    return complete[-1] if complete else None
+
+
+def set_aside_dir(run_dir: Path) -> Path:
+    return run_dir.with_name(f"{run_dir.name}.set-aside")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What keeps a Trainer checkpoint from being resumed (None: it is complete).
+
+    The Trainer writes trainer_state.json last, after the weights and the optimizer, scheduler and
+    RNG states; each of those files must be there and whole (a kill also strikes while the
+    rotation deletes an old checkpoint, file by file).
+    """
+    try:
+        state = json.loads((folder / TRAINER_STATE).read_text())
+        int(state["global_step"])
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE}"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{TRAINER_STATE} unreadable: {err}"
+    try:
+        files = {p.name: p for p in folder.iterdir() if p.is_file()}
+    except OSError as err:
+        return f"unreadable: {err}"
+    if not any(name in files for name in WEIGHTS):
+        return "no weights (" + " / ".join(WEIGHTS) + ")"
+    for name in OPTIMIZER_STATE:
+        if name not in files:
+            return f"no {name}"
+    for name, path in sorted(files.items()):
+        problem = file_problem(path)
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why a checkpoint file is not whole (None: it is), by its format; other files pass."""
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                header_size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(header_size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if path.stat().st_size != 8 + header_size + end:
+                return f"{path.stat().st_size} bytes, its header says {8 + header_size + end}"
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path):  # torch.save's format; the central directory is written last
+                pass
+        elif path.suffix == ".json":
+            index = json.loads(path.read_text())
+            if path.name.endswith(".index.json"):
+                missing = sorted({f for f in index.get("weight_map", {}).values() if not (path.parent / f).is_file()})
+                if missing:
+                    return f"shards missing: {', '.join(missing)}"
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def process_tags() -> dict[str, str]:
+    """Tags of this stage's MLflow run that let a later run tell whether its process is still alive."""
+    return {"medsql.stage": "train", "medsql.pid": str(os.getpid()), "medsql.host": host_name()}
+
+
+def end_abandoned_runs() -> list[str]:
+    """Mark KILLED the train runs of the current experiment left RUNNING by a process that died.
+
+    Only runs this stage tagged (`process_tags`) on this machine: a run whose process is alive,
+    or that another machine started, is left as it is. Returns the run ids ended.
+    """
+    import mlflow
+
+    query = (f"attributes.status = 'RUNNING' and tags.`medsql.stage` = 'train' "
+             f"and tags.`medsql.host` = '{host_name()}'")
+    ended = []
+    for found in mlflow.search_runs(filter_string=query, output_format="list"):
+        pid = int(found.data.tags.get("medsql.pid", "0"))
+        if process_alive(pid):
+            continue
+        mlflow.MlflowClient().set_terminated(found.info.run_id, status="KILLED")
+        log.warning("MLflow run %s was left RUNNING by process %d, which is gone: marked KILLED",
+                    found.info.run_id, pid)
+        ended.append(found.info.run_id)
+    return ended
+
+
+# ---- the Trainer's parts ---------------------------------------------------------------------
+
+
 def wall_clock_limit(minutes: float):
     """A callback that stops training after `minutes` of wall time (0: never); the stop triggers
     a last evaluation and checkpoint, and the best checkpoint is still the one kept."""
@@ -117,213 +506,57 @@ def wall_clock_limit(minutes: float):
     return WallClockLimit()
 
 
-def build(settings: dict[str, Any], train: dict[str, Any], rows: list[dict[str, Any]]):
-    """Model and tokenizer for the profile."""
-    if train["profile"] == "embedded":
-        texts = [r["input"] for r in rows] + [target_text(r["sql"], settings["target_form"]) for r in rows]
-        tokenizer = modeling.train_tokenizer(texts, train["embedded"]["vocab_size"],
-                                             train["embedded"].get("individual_digits", True))
-        model = modeling.build_scratch_model(tokenizer, train["embedded"])
-        return model, tokenizer, None
-    base, tokenizer = modeling.load_pretrained(train["reference"]["base_model"])
-    model = modeling.apply_lora(base, train["reference"]["lora"])
-    return model, tokenizer, base
+def progress_log(share: float):
+    """A callback that logs a progress line every `share` of the steps and one after each
+    validation: the progress bar's stand-in where there is no terminal (DVC, Airflow logs)."""
+    from transformers import TrainerCallback
+
+    class ProgressLog(TrainerCallback):
+        every, first, started, loss = 1, 0, 0.0, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.every = max(1, round(state.max_steps * share))
+            self.first, self.started = state.global_step, time.monotonic()
+            log.info("training for %d steps (%g epochs)%s", state.max_steps, args.num_train_epochs,
+                     f", from step {state.global_step}" if state.global_step else "")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if step % self.every and step != state.max_steps:
+                return
+            rate = (step - self.first) / max(time.monotonic() - self.started, 1e-9)
+            left = (state.max_steps - step) / rate if rate else float("nan")
+            log.info("step %d/%d (%.0f %%), epoch %.2f, loss %s, %.2f steps/s, about %.0f min left", step,
+                     state.max_steps, 100 * step / max(state.max_steps, 1), state.epoch or 0,
+                     "-" if self.loss is None else f"{self.loss:.4f}", rate, left / 60)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = metrics or {}
+            log.info("validation at step %d: logic-form accuracy %s, loss %s", state.global_step,
+                     metrics.get("eval_logic_form_accuracy"), metrics.get("eval_loss"))
+
+    return ProgressLog()
 
 
-def run(params: dict[str, Any]) -> dict[str, Any]:
-    import mlflow
-    import torch
-    from datasets import Dataset
-    from transformers import (
-        DataCollatorForSeq2Seq,
-        Seq2SeqTrainer,
-        Seq2SeqTrainingArguments,
-        set_seed,
-    )
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from medsql.predictor import Predictor
-
-    train = params["train"]
-    settings = effective_settings(train)
-    set_seed(settings["seed"])
-    rows = load_rows("train", settings["train_variants"], settings["max_train_rows"])
-    val_rows = load_rows("validation", None, settings["max_train_rows"] and max(8, settings["max_train_rows"] // 4))
-    if not rows:
-        raise SystemExit("train: the training split is empty")
-    from medsql.evaluation.recovery import ValueIndex
-
-    # The values literals may take, shipped in the model folder for casing and value recovery:
-    # real demo tables, code dictionaries and the training split's literals, never the suite.
-    values = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl") if paths.DB.is_file() else None
-    if settings["augment_copies"]:
-        extra = swap_values(rows, values, settings["augment_copies"], settings["seed"])
-        print(f"train: {len(extra)} value-swapped copies added to {len(rows)} training pairs")
-        rows = rows + extra
-    model, tokenizer, _ = build(settings, train, rows)
-    compact = settings["target_form"] == "compact"
-    # A lone '▁' right before a schema token (`where ▁ diagnoses.short_title`) carries nothing:
-    # drop it from the labels. Elsewhere it is a real space (before a number, inside a date).
-    schema_ids = set(tokenizer.convert_tokens_to_ids(modeling.SCHEMA_TOKENS)) if compact else set()
-    space_id = tokenizer.convert_tokens_to_ids("▁") if compact else None
-
-    def drop_idle_spaces(ids: list[int]) -> list[int]:
-        return [i for i, nxt in zip(ids, ids[1:] + [None], strict=True) if not (i == space_id and nxt in schema_ids)]
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(batch["input"], truncation=True, max_length=settings["max_input_tokens"])
-        labels = tokenizer(text_target=[target_text(s, settings["target_form"]) for s in batch["sql"]],
-                           truncation=True, max_length=settings["max_target_tokens"])["input_ids"]
-        enc["labels"] = [drop_idle_spaces(ids) for ids in labels] if compact else labels
-        return enc
-
-    columns = ["input", "sql"]
-    train_ds = Dataset.from_list([{c: r[c] for c in columns} for r in rows]).map(encode, batched=True,
-                                                                                  remove_columns=columns)
-    val_ds = Dataset.from_list([{c: r[c] for c in columns} for r in val_rows]).map(encode, batched=True,
-                                                                                   remove_columns=columns)
-
-    run_dir = paths.CHECKPOINTS / fingerprint(params["train"] | {"preprocess": params["preprocess"]})
-    meta = {
-        "name": f"medsql-{train['profile']}",
-        "profile": train["profile"],
-        "target_form": settings["target_form"],
-        "task_prefix": params["preprocess"]["task_prefix"],
-        "schema_context": params["preprocess"]["schema_context"],
-        "lowercase_questions": params["preprocess"]["lowercase_questions"],
-        "num_beams": settings["num_beams"],
-        "max_input_tokens": settings["max_input_tokens"],
-        "max_target_tokens": settings["max_target_tokens"],
-        "base_model": train["reference"]["base_model"] if train["profile"] == "reference" else None,
-    }
-
-    # Validation decodes exactly as the Predictor will: the same expansion and casing.
-    decoder = Predictor.from_parts(model, tokenizer, meta, values)
-
-    def compute_metrics(eval_pred) -> dict[str, float]:
-        import numpy as np
-
-        def texts(ids) -> list[str]:
-            ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
-            if settings["target_form"] == "compact":
-                return [decoder.to_sql(modeling.decode_compact(tokenizer, row)) for row in ids]
-            return tokenizer.batch_decode(ids, skip_special_tokens=True)
-
-        # Compare with the labels of the same batch: the eval sampler may reorder rows (length
-        # grouping), so the order of val_rows says nothing about the order of predictions.
-        hits = [logic_form(p) == logic_form(g)
-                for p, g in zip(texts(eval_pred.predictions), texts(eval_pred.label_ids), strict=True)]
-        return {"logic_form_accuracy": float(np.mean(hits))}
-
-    steps_per_epoch = max(1, len(train_ds) // (settings["per_device_batch_size"]
-                                               * settings["gradient_accumulation_steps"]))
-    eval_steps = max(1, int(steps_per_epoch * settings["eval_every_epochs"]))
-    cuda = torch.cuda.is_available()
-    args = Seq2SeqTrainingArguments(
-        output_dir=str(run_dir),
-        num_train_epochs=settings["epochs"],
-        max_steps=settings.get("max_steps") or -1,
-        learning_rate=settings["learning_rate"],
-        lr_scheduler_type=settings["lr_scheduler"],
-        warmup_steps=settings["warmup_ratio"],  # a float below 1 is a ratio of all steps
-        weight_decay=settings["weight_decay"],
-        max_grad_norm=settings["max_grad_norm"],
-        label_smoothing_factor=settings["label_smoothing"],
-        per_device_train_batch_size=settings["per_device_batch_size"],
-        per_device_eval_batch_size=max(64, settings["per_device_batch_size"]),
-        gradient_accumulation_steps=settings["gradient_accumulation_steps"],
-        train_sampling_strategy="group_by_length" if settings["group_by_length"] else "random",
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_total_limit=settings["save_total_limit"],
-        load_best_model_at_end=True,
-        metric_for_best_model="logic_form_accuracy",
-        greater_is_better=True,
-        predict_with_generate=True,
-        generation_num_beams=1,  # greedy for validation: cheap; beams at prediction time
-        generation_max_length=settings["max_target_tokens"],
-        logging_steps=max(1, steps_per_epoch // 2),
-        report_to=["mlflow"],
-        run_name=meta["name"],
-        seed=settings["seed"],
-        data_seed=settings["seed"],
-        bf16=settings["bf16"] and bf16_supported(cuda),
-        use_cpu=not cuda,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        save_only_model=False,
-    )
-    tracking.configure()
-    os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "true")
-    with mlflow.start_run(run_name=meta["name"]) as active:
-        mlflow.log_params({f"medsql.{k}": v for k, v in flatten(params["train"]).items()})
-        trainer = Seq2SeqTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-            processing_class=tokenizer,
-            compute_metrics=compute_metrics,
-            callbacks=[wall_clock_limit(settings["max_wall_minutes"])],
-            optimizers=(optimizer(settings, model), None),  # None: the Trainer's own schedule
-        )
-        last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-        if last:
-            print(f"train: resuming from {last}")
-        started = time.time()
-        result = trainer.train(resume_from_checkpoint=last)
-        wall = time.time() - started
-        history = list(trainer.state.log_history)  # the curve: training only, not the re-evaluation below
-        final_eval = trainer.evaluate()
-        summary = {
-            "train_loss": float(result.training_loss),
-            "train_seconds": round(wall, 1),
-            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-            "epochs_completed": float(trainer.state.epoch or 0),
-            "validation_logic_form_accuracy": final_eval.get("eval_logic_form_accuracy"),
-            "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name,
-            "resumed_from": Path(last).name if last else None,
-        }
-        trainable, total = modeling.count_parameters(trainer.model)
-        summary |= {"parameters": total, "trainable_parameters": trainable}
-        with atomic_path(paths.MODEL) as staged:
-            save_model(trainer.model, tokenizer, staged, meta, values)
-            save_baseline(params, train, settings, rows, staged / "baseline", meta)
-            curve = write_curve(history)
-            mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
-            mlflow.log_artifact(str(curve))
-            model_info = log_pyfunc(staged)
-            (staged / "mlflow.json").write_text(json.dumps({
-                "run_id": active.info.run_id,
-                "model_uri": model_info.model_uri,  # MLflow 3: the logged model's own URI (models:/m-...)
-                "tracking_uri": tracking.tracking_uri(),
-            }, indent=2) + "\n")
-    write_json(paths.METRICS / "train.json", summary)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints have served
-    return summary
-
-
-def optimizer(settings: dict[str, Any], model):
+def optimizer(train: TrainConfig, model):
     """None (the Trainer's AdamW) or Adafactor with updates scaled to each weight's RMS.
 
     T5 trained from scratch needs the scaling: its embeddings start at std 1 and its attention
     weights near 0.01, so one absolute step size (AdamW's) is either too small for the first or
     too large for the second. This is the optimizer T5 was pre-trained with.
     """
-    if settings["optimizer"] == "adamw":
+    if train.optimizer == "adamw":
         return None
-    if settings["optimizer"] != "adafactor":
-        raise SystemExit(f"params.yaml train.optimizer: {settings['optimizer']!r} is not adamw or adafactor")
     from transformers.optimization import Adafactor
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": settings["weight_decay"]},
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": train.weight_decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]  # norms: no decay
-    return Adafactor(groups, lr=settings["learning_rate"], scale_parameter=True, relative_step=False,
-                     warmup_init=False)
+    return Adafactor(groups, lr=train.learning_rate, scale_parameter=True, relative_step=False, warmup_init=False)
 
 
 def bf16_supported(cuda: bool) -> bool:
@@ -333,6 +566,9 @@ def bf16_supported(cuda: bool) -> bool:
     if cuda:
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# ---- outputs ---------------------------------------------------------------------------------
 
 
 def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values=None) -> None:
@@ -351,7 +587,7 @@ def save_model(model, tokenizer, folder: Path, meta: dict[str, Any], values=None
         values.save(folder / "values.json")
 
 
-def save_baseline(params, train, settings, rows, folder: Path, meta: dict[str, Any]) -> None:
+def save_baseline(train: TrainConfig, rows: list[dict[str, Any]], folder: Path, meta: dict[str, Any]) -> None:
     """The zero-shot baseline: the base model before any fine-tuning, with the same decoding.
 
     Reference profile: the pretrained checkpoint itself, loaded afresh (get_peft_model injects
@@ -359,16 +595,16 @@ def save_baseline(params, train, settings, rows, folder: Path, meta: dict[str, A
     """
     from transformers import set_seed
 
-    set_seed(settings["seed"])
-    if train["profile"] == "reference":
-        model, tokenizer = modeling.load_pretrained(train["reference"]["base_model"])
+    set_seed(train.seed)
+    if train.profile == "reference":
+        model, tokenizer = modeling.load_pretrained(train.reference.base_model)
     else:
-        model, tokenizer, _ = build(settings, train, rows)
-    save_model(model, tokenizer, folder, meta | {"name": f"baseline-{train['profile']}-zero-shot"})
+        model, tokenizer = build(train, rows)
+    save_model(model, tokenizer, folder, meta | {"name": f"baseline-{train.profile}-zero-shot"})
 
 
 def write_curve(history: list[dict[str, Any]]) -> Path:
-    """metrics/train_curve.csv (DVC plots) and reports/figures/train_curve.png."""
+    """metrics/train_curve.csv, metrics/validation_curve.csv (DVC plots) and reports/figures/train_curve.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,11 +613,10 @@ def write_curve(history: list[dict[str, Any]]) -> Path:
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h.get("eval_loss"), h.get("eval_logic_form_accuracy")) for h in history
              if "eval_loss" in h]
-    paths.METRICS.mkdir(exist_ok=True)
-    with open(paths.METRICS / "train_curve.csv", "w") as f:
-        f.write("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses))
-    with open(paths.METRICS / "validation_curve.csv", "w") as f:
-        f.write("step,eval_loss,logic_form_accuracy\n" + "".join(f"{s},{e},{a}\n" for s, e, a in evals))
+    with atomic_path(paths.METRICS / "train_curve.csv") as staged:
+        staged.write_text("step,loss\n" + "".join(f"{s},{v}\n" for s, v in losses))
+    with atomic_path(paths.METRICS / "validation_curve.csv") as staged:
+        staged.write_text("step,eval_loss,logic_form_accuracy\n" + "".join(f"{s},{e},{a}\n" for s, e, a in evals))
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(*zip(*losses, strict=True), label="training loss") if losses else None
     if evals:
@@ -396,31 +631,62 @@ def write_curve(history: list[dict[str, Any]]) -> Path:
     ax.legend(loc="upper left")
     fig.tight_layout()
     out = paths.REPORTS / "figures" / "train_curve.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as staged:
+        fig.savefig(staged, dpi=100)
     plt.close(fig)
     return out
 
 
 def log_pyfunc(model_dir: Path):
     """Log the model as an MLflow pyfunc (models-from-code: medsql/serving.py), carrying the
-    medsql package so `mlflow models serve` needs nothing else."""
+    medsql package so `mlflow models serve` needs nothing else.
+
+    The signature says what serving accepts: a `question` column in, SQL strings out, and the
+    inference parameter `num_beams` (default: the model's own), so a client can send
+    {"dataframe_records": [...], "params": {"num_beams": 1}} to /invocations.
+    """
     import mlflow
     import pandas as pd
+    from mlflow.models import infer_signature
 
+    meta = json.loads((model_dir / "medsql.json").read_text())
+    example = pd.DataFrame({"question": ["how many patients are over 65?"]})
+    signature = infer_signature(example, ["SELECT COUNT ( DISTINCT DEMOGRAPHIC.\"SUBJECT_ID\" ) FROM DEMOGRAPHIC"],
+                                params={"num_beams": int(meta["num_beams"])})
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("serving.py")),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(__file__).parent)],
-        input_example=pd.DataFrame({"question": ["how many patients are over 65?"]}),
+        signature=signature,
+        input_example=example,
     )
 
 
-def main() -> None:
-    summary = run(load_params())
-    print("train: " + json.dumps(summary))
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def _stop_on_sigterm(signum: int, frame) -> None:
+    # Airflow and torchrun stop a task with SIGTERM: unwind like Ctrl-C, so the MLflow run is
+    # ended and the staging folder removed (a SIGKILL is cleaned up by the next run instead).
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medsql.train", description=__doc__.splitlines()[0],
+                                     epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    logs.configure()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        cfg = load_config()
+        summary = run(cfg.train, cfg.preprocess)
+    except (ConfigError, TrainError) as err:
+        log.error("%s", err)
+        return 1
+    log.info("done: %s", json.dumps(summary))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,21 +1,27 @@
-"""Stage validate: a Great Expectations checkpoint over data/ingested.jsonl.
+"""Stage validate: a Great Expectations checkpoint over data/ingested.jsonl, and the verdict preprocess needs.
 
 The expectation suite, validation definition and checkpoint are versioned files of a GX file data
 context in gx/ (`python -m medsql.validate --init-gx` writes them from `expectations()` below;
-unchanged definitions keep their ids, so the files only change when the suite does). A run loads
-the ingested records into a DataFrame, adds check columns that GX's built-in expectations can
-test, and runs the checkpoint once; its UpdateDataDocsAction writes the HTML report to
-reports/validation/ (the site's base directory in gx/great_expectations.yml).
+unchanged definitions keep their ids, so the files only change when the expectation suite does).
+A run reads data/ingested.jsonl once, loads those records into a DataFrame, adds check columns
+that GX's built-in expectations can test, and runs the checkpoint once; its UpdateDataDocsAction
+writes the HTML report to reports/validation/ (the site's base directory in gx/great_expectations.yml).
 
 Check columns derived here:
-  sql_statement_kind    "SELECT" when the SQL parses (sqlglot, SQLite dialect, after
-                        sqlform.to_single_quotes) as exactly one SELECT; else what it is
+  sql_statement_kind    "SELECT" when the SQL is exactly one SELECT by the executor's own check
+                        (medsql.executor.select_verdict, after sqlform.to_single_quotes); else that
+                        check's verdict, e.g. "refused: only SELECT is allowed, got DROP"
   unknown_schema_names  tables/columns the SQL names that the MIMICSQL schema lacks (None if none)
-  sqls_for_key          how many different (whitespace-normalised) SQL the record's key has
-  execution_error       None when the SQL runs on data/mimicsql.db (read-only); else the error
+  sqls_for_key          how many different (whitespace-collapsed) SQL the record's key has
+  execution_error       None when the SQL runs on data/mimicsql.db through the guarded executor
+                        (medsql.executor.execute: read-only, time-bounded); else the error
 
-On success metrics/validation.json is written; on failure a short summary names each failed
-expectation and its offending rows by origin (file:line) and the stage exits non-zero.
+The verdict, metrics/validation.json: the metrics, `success`, and the sha256 and size of exactly
+the bytes checked (data/ingested.jsonl with its record count, and the database; medsql.verdict).
+preprocess splits only bytes a passed verdict names. On success the verdict is written; on failure
+a short summary names each failed expectation and its offending rows by origin (file:line), the
+stage exits non-zero and the last good verdict stays in place (it names other bytes), unless it
+vouches for these very bytes: the failed verdict then replaces it.
 
     python -m medsql.validate [--init-gx]
 """
@@ -23,11 +29,11 @@ expectation and its offending rows by origin (file:line) and the stage exits non
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
 import os
-import sqlite3
 import sys
-import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,11 +50,17 @@ import sqlglot  # noqa: E402
 from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from sqlglot import exp  # noqa: E402
 
-from medsql import paths  # noqa: E402
-from medsql.ingest import IngestError, normalise_sql, read_jsonl_objects  # noqa: E402
+from medsql import paths, verdict  # noqa: E402
+from medsql.config import ConfigError, ValidateConfig, load_config  # noqa: E402
+from medsql.executor import execute, select_verdict  # noqa: E402
+from medsql.ingest import IngestError, jsonl_objects  # noqa: E402
+from medsql.logs import configure  # noqa: E402
 from medsql.schema import TABLES, has_column  # noqa: E402
 from medsql.sqlform import to_single_quotes  # noqa: E402
-from medsql.util import load_params, write_json  # noqa: E402
+from medsql.text import collapse_whitespace  # noqa: E402
+from medsql.util import write_json  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 CANONICAL_FIELDS = ("key", "variant", "question", "sql", "source", "origin")
 SOURCES = ("mimicsql", "hf_chat")
@@ -57,13 +69,13 @@ SOURCES = ("mimicsql", "hf_chat")
 DATASOURCE = "medsql"
 ASSET = "ingested"
 BATCH_DEFINITION = "all_records"
-SUITE = "ingested_pairs"
+EXPECTATION_SUITE = "ingested_pairs"
 VALIDATION_DEFINITION = "ingested_pairs"
 CHECKPOINT = "ingested_pairs"
 DOCS_SITE = "validation_report"
 
 NOT_EXECUTED = "not executed: not a single SELECT"
-QUERY_TIMEOUT_S = 10.0
+QUERY_TIMEOUT_S = 10.0  # the executor's time bound per gold query
 
 
 class ValidateError(ValueError):
@@ -71,7 +83,7 @@ class ValidateError(ValueError):
 
 
 def expectations() -> list[gxe.Expectation]:
-    """The suite. Length bounds are suite parameters filled from params.yaml at each run."""
+    """The expectation suite. Length bounds are expectation parameters filled from params.yaml at each run."""
     def length(column: str) -> gxe.Expectation:
         return gxe.ExpectColumnValueLengthsToBeBetween(
             column=column, min_value={"$PARAMETER": f"{column}_min_chars"},
@@ -89,7 +101,7 @@ def expectations() -> list[gxe.Expectation]:
                                         description="a known source"),
         gxe.ExpectColumnValuesToBeInSet(
             column="sql_statement_kind", value_set=["SELECT"],
-            description="every SQL parses (sqlglot, SQLite dialect) as exactly one SELECT"),
+            description="every SQL is exactly one SELECT (the executor's check: sqlglot, SQLite dialect)"),
         gxe.ExpectColumnValuesToBeNull(
             column="unknown_schema_names",
             description="every table and column the SQL names exists in the MIMICSQL schema"),
@@ -104,14 +116,12 @@ def expectations() -> list[gxe.Expectation]:
 # Input and check columns
 
 
-def load_ingested(path: str | os.PathLike) -> pd.DataFrame:
-    """The canonical records as a DataFrame; a record without origin gets `<path>:<line>`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValidateError(f"{path}: file not found (run the ingest stage)")
+def load_ingested(path: Path, data: bytes) -> pd.DataFrame:
+    """The canonical records in `data` (the bytes read from `path`) as a DataFrame; a record without
+    origin gets `<path>:<line>`."""
     rows = []
     try:
-        for line_no, record in read_jsonl_objects(path, str(path)):
+        for line_no, record in jsonl_objects(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), str(path)):
             for name in CANONICAL_FIELDS:
                 if record.get(name) is not None and not isinstance(record[name], str):
                     raise ValidateError(f"{path} line {line_no}: field {name!r} is not a string")
@@ -126,26 +136,18 @@ def load_ingested(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def inspect_sql(sql: str) -> tuple[str, str | None]:
-    """(statement kind, unknown schema names or None) of one SQL string."""
-    try:
-        trees = [t for t in sqlglot.parse(to_single_quotes(sql), read="sqlite") if t is not None]
-    except sqlglot.errors.ParseError as err:
-        first = err.errors[0] if err.errors else {}
-        where = f" (line {first['line']}, col {first['col']})" if "line" in first else ""
-        return f"parse error: {first.get('description', err)}{where}", None
-    except sqlglot.errors.SqlglotError as err:  # e.g. an unterminated string literal
-        return f"parse error: {str(err)[:120]}", None
-    except RecursionError:  # pathologically nested input
-        return "parse error: nested too deeply to read", None
-    if not trees:
-        return "empty", None
-    if len(trees) > 1:
-        return f"{len(trees)} statements", None
-    kind = trees[0].key.upper()
-    if kind != "SELECT":
-        return kind, None
-    unknown = unknown_schema_names(trees[0])
-    return kind, ", ".join(unknown) if unknown else None
+    """(statement kind, unknown schema names or None) of one SQL string.
+
+    The kind is "SELECT" when the executor would run the SQL as exactly one SELECT, else its
+    verdict as "<error kind>: <message>" (e.g. "refused: only SELECT is allowed, got DROP").
+    """
+    sql = to_single_quotes(sql)
+    refused = select_verdict(sql)
+    if refused is not None:
+        kind, message = refused
+        return f"{kind}: {message}", None
+    unknown = unknown_schema_names(sqlglot.parse_one(sql, read="sqlite"))
+    return "SELECT", ", ".join(unknown) if unknown else None
 
 
 def unknown_schema_names(tree: exp.Expression) -> list[str]:
@@ -181,35 +183,22 @@ def unknown_schema_names(tree: exp.Expression) -> list[str]:
 
 def execution_errors(sqls: Iterable[str], db: Path,
                      timeout_s: float = QUERY_TIMEOUT_S) -> dict[str, str | None]:
-    """Run each SQL once on a read-only connection: None when it runs, else the error."""
-    if not db.is_file():
-        raise ValidateError(f"{db}: database not found (run the build_db stage)")
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    deadline = 0.0
-    conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # non-zero -> interrupt
+    """Run each SQL once through the guarded executor: None when it runs, else "<error kind>: <error>"."""
     errors: dict[str, str | None] = {}
-    try:
-        for sql in sqls:
-            deadline = time.monotonic() + timeout_s
-            try:
-                conn.execute(to_single_quotes(sql)).fetchall()
-                errors[sql] = None
-            except sqlite3.Error as err:
-                interrupted = "interrupted" in str(err)
-                errors[sql] = f"timed out after {timeout_s:g} s" if interrupted else f"{err}"
-    finally:
-        conn.close()
+    for sql in sqls:
+        result = execute(db, sql, timeout_s=timeout_s)
+        errors[sql] = None if result.ok else f"{result.error_kind}: {result.error}"
     return errors
 
 
 def add_check_columns(df: pd.DataFrame, db: Path) -> pd.DataFrame:
-    """The records plus the columns the suite's expectations test (see the module docstring)."""
+    """The records plus the columns the expectation suite tests (see the module docstring)."""
     df = df.copy()
     distinct = df["sql"].dropna().unique()
     inspected = {sql: inspect_sql(sql) for sql in distinct}
     df["sql_statement_kind"] = df["sql"].map(lambda s: inspected[s][0] if isinstance(s, str) else None)
     df["unknown_schema_names"] = df["sql"].map(lambda s: inspected[s][1] if isinstance(s, str) else None)
-    normalised = df["sql"].map(lambda s: normalise_sql(s) if isinstance(s, str) else None)
+    normalised = df["sql"].map(lambda s: collapse_whitespace(s) if isinstance(s, str) else None)
     df["sqls_for_key"] = normalised.groupby(df["key"]).transform("nunique")
     runnable = [sql for sql, (kind, _) in inspected.items() if kind == "SELECT"]
     errors = execution_errors(runnable, db)
@@ -238,7 +227,7 @@ def _identity(expectation: gxe.Expectation) -> str:
 
 
 def init_gx(gx_dir: Path = paths.GX_DIR) -> None:
-    """Write (or bring up to date) the datasource, suite, validation definition and checkpoint."""
+    """Write (or bring up to date) the datasource, expectation suite, validation definition and checkpoint."""
     context = open_context(gx_dir)
     try:
         datasource = context.data_sources.get(DATASOURCE)
@@ -254,14 +243,15 @@ def init_gx(gx_dir: Path = paths.GX_DIR) -> None:
         batch_definition = asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
     wanted = expectations()
     try:
-        suite = context.suites.get(SUITE)
+        expectation_suite = context.suites.get(EXPECTATION_SUITE)
     except gx.exceptions.DataContextError:
-        suite = context.suites.add(gx.ExpectationSuite(name=SUITE, expectations=wanted))
-    # Rewrite the suite only when it changed (its expectations then get new ids).
-    if [_identity(e) for e in suite.expectations] != [_identity(e) for e in wanted]:
-        suite = context.suites.add_or_update(gx.ExpectationSuite(name=SUITE, expectations=wanted))
+        expectation_suite = context.suites.add(gx.ExpectationSuite(name=EXPECTATION_SUITE, expectations=wanted))
+    # Rewrite the expectation suite only when it changed (its expectations then get new ids).
+    if [_identity(e) for e in expectation_suite.expectations] != [_identity(e) for e in wanted]:
+        expectation_suite = context.suites.add_or_update(
+            gx.ExpectationSuite(name=EXPECTATION_SUITE, expectations=wanted))
     validation = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=VALIDATION_DEFINITION, data=batch_definition, suite=suite))
+        gx.ValidationDefinition(name=VALIDATION_DEFINITION, data=batch_definition, suite=expectation_suite))
     context.checkpoints.add_or_update(gx.Checkpoint(
         name=CHECKPOINT, validation_definitions=[validation],
         actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
@@ -283,12 +273,14 @@ class Failure:
 class Report:
     success: bool
     rows: int
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]   # the verdict written to metrics/validation.json (fingerprints included)
     failures: list[Failure]
     docs_index: Path | None
+    ingested: verdict.Fingerprint  # exactly the bytes checked
+    database: verdict.Fingerprint
 
     def summary(self, limit: int = 10) -> str:
-        lines = [f"validate: {'passed' if self.success else 'FAILED'}: "
+        lines = [f"validation {'passed' if self.success else 'FAILED'}: "
                  f"{len(self.failures)} of {self.metrics['expectations_evaluated']} expectations failed "
                  f"on {self.rows} records"]
         for failure in self.failures:
@@ -313,22 +305,29 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def validate(ingested: Path, db: Path, gx_dir: Path, params: dict[str, Any]) -> Report:
-    """Check the ingested records with the checkpoint in `gx_dir` (one context, one run)."""
-    settings = params.get("validate", {})
+def validate(ingested: Path, db: Path, gx_dir: Path, settings: ValidateConfig) -> Report:
+    """Check the ingested records with the checkpoint in `gx_dir` (one context, one run).
+
+    The file is read once: the records checked and the fingerprint in the report are of the same bytes.
+    """
+    if not ingested.is_file():
+        raise ValidateError(f"{ingested}: file not found (run the ingest stage)")
+    if not db.is_file():
+        raise ValidateError(f"{db}: database not found (run the build_db stage)")
     bounds = {}
-    for column in ("question", "sql"):
-        low, high = settings.get(f"{column}_chars", [1, 100_000])
-        bounds[f"{column}_min_chars"], bounds[f"{column}_max_chars"] = int(low), int(high)
-    df = add_check_columns(load_ingested(ingested), db)
+    for column, (low, high) in (("question", settings.question_chars), ("sql", settings.sql_chars)):
+        bounds[f"{column}_min_chars"], bounds[f"{column}_max_chars"] = low, high
+    data = ingested.read_bytes()
+    ingested_fingerprint, database_fingerprint = verdict.of_bytes(ingested, data), verdict.of_file(db)
+    df = add_check_columns(load_ingested(ingested, data), db)
 
     context = open_context(gx_dir)
     result = context.checkpoints.get(CHECKPOINT).run(batch_parameters={"dataframe": df},
                                                      expectation_parameters=bounds)
-    suite_result = next(iter(result.run_results.values()))
+    validation_result = next(iter(result.run_results.values()))
 
     failures, per_expectation = [], {}
-    for outcome in suite_result.results:
+    for outcome in validation_result.results:
         config = outcome.expectation_config
         column = config.kwargs.get("column")
         name = f"{config.type}({column})"
@@ -347,7 +346,7 @@ def validate(ingested: Path, db: Path, gx_dir: Path, params: dict[str, Any]) -> 
     docs = context.get_docs_sites_urls(site_name=DOCS_SITE)
     docs_url = docs[0]["site_url"] if docs else None
     docs_index = Path(unquote(urlparse(docs_url).path)).resolve() if docs_url else None
-    stats = suite_result.statistics
+    stats = validation_result.statistics
     metrics = {
         "success": bool(result.success),
         "records": len(df),
@@ -359,36 +358,66 @@ def validate(ingested: Path, db: Path, gx_dir: Path, params: dict[str, Any]) -> 
         "expectations_evaluated": int(stats["evaluated_expectations"]),
         "expectations_failed": int(stats["unsuccessful_expectations"]),
         "expectations": per_expectation,
+        **verdict.fields(ingested_fingerprint, len(df), database_fingerprint),
     }
-    return Report(bool(result.success), len(df), metrics, failures, docs_index)
+    return Report(bool(result.success), len(df), metrics, failures, docs_index, ingested_fingerprint,
+                  database_fingerprint)
+
+
+def record_verdict(report: Report, path: Path) -> bool:
+    """Write the report's verdict to `path`; True when written.
+
+    A passed verdict is always written. A failed one leaves the last good verdict in place (it names
+    other bytes, which preprocess therefore refuses) unless that verdict vouches for these very bytes
+    (the same data failing a changed expectation suite or bounds): then the failed one replaces it.
+    """
+    if not report.success and verdict.refusal(path, report.ingested, report.database) is not None:
+        return False
+    write_json(path, report.metrics)
+    return True
+
+
+HELP = """reads:  params.yaml (validate.*); data/ingested.jsonl; data/mimicsql.db (read-only); the GX
+        context in gx/ (expectation suite, validation definition, checkpoint)
+writes: metrics/validation.json: the verdict (metrics, success, sha256 and size of the bytes checked),
+        written when validation passes (or replaces a verdict for the very bytes that failed);
+        GX data docs in reports/validation/; with --init-gx only the GX definitions in gx/"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medsql.validate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=None, help="parameters file (default: params.yaml)")
-    parser.add_argument("--ingested", default=str(paths.INGESTED))
-    parser.add_argument("--db", default=str(paths.DB))
-    parser.add_argument("--gx-dir", default=str(paths.GX_DIR))
-    parser.add_argument("--metrics", default=str(paths.VALIDATION_SUMMARY))
+    parser = argparse.ArgumentParser(prog="python -m medsql.validate", description=__doc__.splitlines()[0],
+                                     epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=None, help="parameters file (default: params.yaml or $MEDSQL_PARAMS)")
+    parser.add_argument("--ingested", default=str(paths.INGESTED), help="records to check (default: %(default)s)")
+    parser.add_argument("--db", default=str(paths.DB), help="database the gold SQL runs on (default: %(default)s)")
+    parser.add_argument("--gx-dir", default=str(paths.GX_DIR), help="GX file data context (default: %(default)s)")
+    parser.add_argument("--metrics", default=str(paths.VALIDATION_SUMMARY),
+                        help="the verdict preprocess reads (default: %(default)s)")
     parser.add_argument("--show", type=int, default=10, help="offending rows shown per failed expectation")
     parser.add_argument("--init-gx", action="store_true",
                         help="write/update the GX definitions in --gx-dir from the code, then stop")
     args = parser.parse_args(argv)
+    configure()
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is about loading its config
     try:
         if args.init_gx:
             init_gx(Path(args.gx_dir))
-            print(f"validate: GX definitions written to {args.gx_dir}")
+            log.info("GX definitions written to %s", args.gx_dir)
             return 0
-        report = validate(Path(args.ingested), Path(args.db), Path(args.gx_dir), load_params(args.params))
-    except ValidateError as err:
-        print(f"validate: {err}", file=sys.stderr)
+        report = validate(Path(args.ingested), Path(args.db), Path(args.gx_dir), load_config(args.params).validate)
+    except (ConfigError, ValidateError) as err:
+        log.error("%s", err)
         return 1
-    if not report.success:
-        print(report.summary(args.show), file=sys.stderr)
-        return 1
-    write_json(args.metrics, report.metrics)
-    print(report.summary(args.show))
-    return 0
+    metrics = Path(args.metrics)
+    if report.success:
+        record_verdict(report, metrics)
+        log.info("%s", report.summary(args.show))
+        return 0
+    log.error("%s", report.summary(args.show))
+    if record_verdict(report, metrics):
+        log.error("%s vouched for these very bytes (%s); it now holds this failed verdict",
+                  metrics, report.ingested.describe())
+    return 1
 
 
 if __name__ == "__main__":

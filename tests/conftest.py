@@ -30,11 +30,12 @@ def _restore_mlflow_uri_variables():
 @pytest.fixture(scope="session")
 def mimicsql_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The MIMICSQL database built by the build_db stage's code from the shared demo CSVs."""
-    build_db = pytest.importorskip("medsql.build_db", reason="medsql.build_db (the DB builder) not there yet")
-    from medsql.util import load_params, resolve
+    from medsql import build_db
+    from medsql.config import load_config
+    from medsql.util import resolve
 
     out = tmp_path_factory.mktemp("mimicsql_db") / "mimicsql.db"
-    build_db.build(resolve(load_params()["data"]["mimic_demo_dir"]), out)
+    build_db.build(resolve(load_config().data.mimic_demo_dir), out)
     return out
 
 
@@ -53,11 +54,11 @@ def real_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import json
 
     from medsql import ingest, preprocess
-    from medsql.util import load_params
+    from medsql.config import load_config
 
-    params = load_params()
-    records = ingest.ingest(params)
-    splits = preprocess.preprocess(records, params["preprocess"])
+    cfg = load_config()
+    records = ingest.ingest(cfg.ingest, cfg.data)
+    splits = preprocess.preprocess(records, cfg.preprocess)
     out = tmp_path_factory.mktemp("splits")
     for name, rows in splits.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -6,18 +6,22 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from medsql import build_db
+from medsql import build_db, paths
+from medsql.config import load_config
 from medsql.schema import TABLES, column_type
 from medsql.sqlform import to_single_quotes
-from medsql.util import load_params, resolve
+from medsql.util import resolve
 
-DEMO_DIR = resolve(load_params()["data"]["mimic_demo_dir"])
-MIMICSQL_DIR = resolve(load_params()["data"]["mimicsql_dir"])
+DEMO_DIR = resolve(load_config().data.mimic_demo_dir)
+MIMICSQL_DIR = resolve(load_config().data.mimicsql_dir)
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +222,28 @@ def test_missing_column_names_file(tmp_path):
     with pytest.raises(build_db.BuildError, match=r"PATIENTS.csv: missing column\(s\) GENDER"):
         build_db.build(broken, tmp_path / "out.db")
     assert not (tmp_path / "out.db").exists()
+
+
+def test_main_builds_the_same_bytes_into_the_project_root(db, tmp_path, monkeypatch, caplog):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"mimic_demo_dir": str(DEMO_DIR)}}))
+    monkeypatch.setenv("MEDSQL_PARAMS", str(params))
+    original = paths.ROOT
+    paths.set_root(tmp_path)
+    try:
+        assert build_db.main([]) == 0
+        assert paths.DB.read_bytes() == db.read_bytes()  # same CSVs, byte-identical database
+        assert f"wrote {paths.DB}: DEMOGRAPHIC=129" in caplog.text
+        params.write_text(yaml.safe_dump({"data": {"mimic_demo_dir": 3}}))
+        assert build_db.main([]) == 1
+        assert f"{params}:2: data.mimic_demo_dir: expected text, got 3" in caplog.text
+    finally:
+        paths.set_root(original)
+
+
+def test_help_says_what_the_stage_reads_and_writes(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "medsql.build_db", "--help"], cwd=paths.ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, MEDSQL_ROOT=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert "reads:  params.yaml (data.mimic_demo_dir)" in done.stdout and "writes: data/mimicsql.db" in done.stdout
+    assert not list(tmp_path.iterdir())  # --help does no work

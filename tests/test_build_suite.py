@@ -6,19 +6,23 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from medsql import build_suite
-from medsql.evaluation import execution
+from medsql.config import ConfigError, from_dict, load_config
+from medsql.evaluation import execution, false_pass
+from medsql.evaluation.suite_sources import load_sources, typed
 from medsql.executor import ExecutionResult
 from medsql.sqlform import parse_sql, render_sql
-from medsql.util import load_params, resolve, write_jsonl
+from medsql.util import resolve, write_jsonl
 
-PARAMS = load_params()
-DEMO_DIR = resolve(PARAMS["data"]["mimic_demo_dir"])
-MIMICSQL_DIR = resolve(PARAMS["data"]["mimicsql_dir"])
+CONFIG = load_config()
+DEMO_DIR = resolve(CONFIG.data.mimic_demo_dir)
+MIMICSQL_DIR = resolve(CONFIG.data.mimicsql_dir)
 NAMES_CSV = DEMO_DIR / "NAMES.csv"
 
 # Real dev-set queries, one of each shape: empty on the demo db (a title and an unpadded procedure
@@ -37,6 +41,7 @@ KEYS = [
 ]
 SUITE_PARAMS = {"k": 3, "seed": 7, "background_admissions": 40, "literal_share": 0.1, "timeout_s": 2.0,
                 "false_pass": {"per_kind": 3, "max_queries": None}}
+SUITE = from_dict({"suite": SUITE_PARAMS}).suite
 
 
 def dataset_records(keys: set[str] | None = None) -> list[dict]:
@@ -66,8 +71,7 @@ def suite(tmp_path_factory, demo_db):
     records = dataset_records(set(KEYS))
     assert len(records) == len(KEYS)
     write_jsonl(ingested, records)
-    metrics = build_suite.build(demo_db, ingested, NAMES_CSV, root / "suite", root / "suite.json",
-                                SUITE_PARAMS)
+    metrics = build_suite.build(demo_db, ingested, NAMES_CSV, root / "suite", root / "suite.json", SUITE)
     gold = {r["key"]: r["sql"] for r in records}
     return {"dir": root / "suite", "metrics": metrics, "gold": gold, "ingested": ingested, "root": root,
             "dbs": execution.load_suite(root / "suite")}
@@ -79,7 +83,8 @@ def test_layout_and_manifest(suite):
     manifest = json.loads((suite["dir"] / "manifest.json").read_text())
     assert set(manifest["informative"]) == set(KEYS)
     assert all(len(flags) == 4 for flags in manifest["informative"].values())
-    assert json.loads((suite["root"] / "suite.json").read_text())["variants"] == suite["metrics"]["variants"]
+    written = json.loads((suite["root"] / "suite.json").read_text())
+    assert written["wrong_queries"] == suite["metrics"]["wrong_queries"]
 
 
 def test_wrong_query_passing_on_demo_is_caught(suite):
@@ -116,7 +121,7 @@ def test_failing_prediction_is_a_mismatch_with_its_error(suite):
 def test_suite_dbs_hold_every_literal(suite):
     for key in KEYS:
         for cond in parse_sql(suite["gold"][key]).conditions:
-            value = build_suite.typed(cond.table, cond.column, cond.value)
+            value = typed(cond.table, cond.column, cond.value)
             for db in suite["dbs"][1:]:
                 conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
                 found = conn.execute(f'SELECT COUNT(*) FROM "{cond.table}" WHERE "{cond.column}" = ?',
@@ -134,17 +139,17 @@ def test_every_gold_is_informative_on_synthetic_dbs(suite):
 def test_false_pass_measurement(suite, demo_db):
     metrics = suite["metrics"]
     assert metrics["gold_queries"] == len(KEYS) and metrics["gold_self_match"] == len(KEYS)
-    total = sum(kind["variants"] for kind in metrics["by_kind"].values())
+    total = sum(kind["wrong_queries"] for kind in metrics["by_kind"].values())
     passed = sum(kind["false_pass"] for kind in metrics["by_kind"].values())
-    assert total == metrics["variants"] > 50
+    assert total == metrics["wrong_queries"] > 50
     assert metrics["false_pass_rate"] == round(passed / total, 4)
     assert metrics["false_pass_rate_demo_only"] > 0.2 > metrics["false_pass_rate"]
-    # Recount by hand: every variant of every gold on every db.
-    sources = build_suite.load_sources(demo_db, [parse_sql(s) for s in suite["gold"].values()], NAMES_CSV)
-    rng = random.Random("7:variants")
+    # Recount by hand: every wrong query of every gold on every db.
+    sources = load_sources(demo_db, [parse_sql(s) for s in suite["gold"].values()], NAMES_CSV)
+    rng = random.Random(f"7:{false_pass.RNG_LABEL}")
     recount = demo_recount = 0
     for gold in sorted(suite["gold"].values()):
-        for _, wrong in build_suite.wrong_variants(parse_sql(gold), sources, rng, 3):
+        for _, wrong in false_pass.wrong_queries(parse_sql(gold), sources, rng, 3):
             per_db = [execution.results_equal(execution.execute_cached(db, gold), execution.execute_cached(db, wrong))
                       for db in suite["dbs"]]
             recount += all(per_db)
@@ -153,13 +158,13 @@ def test_false_pass_measurement(suite, demo_db):
     assert round(demo_recount / total, 4) == metrics["false_pass_rate_demo_only"]
 
 
-def test_variants_are_wrong_and_skip_domain_equivalents(suite, demo_db):
-    sources = build_suite.load_sources(demo_db, [parse_sql(s) for s in suite["gold"].values()], NAMES_CSV)
+def test_wrong_queries_are_wrong_and_skip_domain_equivalents(suite, demo_db):
+    sources = load_sources(demo_db, [parse_sql(s) for s in suite["gold"].values()], NAMES_CSV)
     gold = suite["gold"]["5be9b9cf6fe64f65d6c8ef8efaa44768"]  # EXPIRE_FLAG = "1" AND DOB_YEAR < "2083"
-    variants = build_suite.wrong_variants(parse_sql(gold), sources, random.Random(0), per_kind=None)
-    kinds = {kind for kind, _ in variants}
-    assert kinds == set(build_suite.MUTATION_KINDS)
-    sqls = [sql for _, sql in variants]
+    wrong = false_pass.wrong_queries(parse_sql(gold), sources, random.Random(0), per_kind=None)
+    kinds = {kind for kind, _ in wrong}
+    assert kinds == set(false_pass.MUTATION_KINDS)
+    sqls = [sql for _, sql in wrong]
     assert gold not in sqls and len(sqls) == len(set(sqls))
     # On the closed domain {0, 1}, EXPIRE_FLAG >= "1" keeps exactly the rows = "1" keeps.
     assert not any('"EXPIRE_FLAG" >= "1"' in sql for sql in sqls)
@@ -209,7 +214,7 @@ def test_failed_build_keeps_previous_suite(suite, demo_db, tmp_path):
     bad = tmp_path / "ingested.jsonl"
     bad.write_text(suite["ingested"].read_text() + '{"key": "x", "variant": "template"}\n')
     with pytest.raises(ValueError, match=rf"{bad}:{len(KEYS) + 1}: field sql"):
-        build_suite.build(demo_db, bad, NAMES_CSV, suite["dir"], suite["root"] / "suite.json", SUITE_PARAMS)
+        build_suite.build(demo_db, bad, NAMES_CSV, suite["dir"], suite["root"] / "suite.json", SUITE)
     # A failure midway, after the copy of the demo db: a database without the code dictionaries.
     stale = tmp_path / "stale.db"
     stale.write_bytes(demo_db.read_bytes())
@@ -218,8 +223,7 @@ def test_failed_build_keeps_previous_suite(suite, demo_db, tmp_path):
     conn.commit()
     conn.close()
     with pytest.raises(ValueError, match="not a database build_db wrote"):
-        build_suite.build(stale, suite["ingested"], NAMES_CSV, suite["dir"], suite["root"] / "suite.json",
-                          SUITE_PARAMS)
+        build_suite.build(stale, suite["ingested"], NAMES_CSV, suite["dir"], suite["root"] / "suite.json", SUITE)
     assert snapshot() == before
     assert not [p for p in suite["root"].iterdir() if p.name.startswith(".suite")]
 
@@ -228,16 +232,24 @@ def test_failed_build_keeps_previous_suite(suite, demo_db, tmp_path):
     ({"k": -1}, "suite.k"), ({"literal_share": 2}, "suite.literal_share"),
     ({"false_pass": {"per_kind": 0}}, "suite.false_pass.per_kind"), ({"seed": "x"}, "suite.seed"),
 ])
-def test_bad_params_are_named(change, message, suite, demo_db, tmp_path):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        build_suite.build(demo_db, suite["ingested"], NAMES_CSV, tmp_path / "s", tmp_path / "m.json",
-                          {**SUITE_PARAMS, **change})
-    assert not (tmp_path / "s").exists()
+def test_bad_params_are_named(change, message, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"suite": {**SUITE_PARAMS, **change}}))  # JSON is YAML
+    with pytest.raises(ConfigError, match=rf"{params}:1: {message.replace('.', '[.]')}"):
+        load_config(params)
+
+
+def test_help_says_what_the_stage_reads_and_writes(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "medsql.build_suite", "--help"], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, MEDSQL_ROOT=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert "reads:" in done.stdout and "writes:" in done.stdout and "suite.json" in done.stdout
+    assert not list(tmp_path.iterdir())  # no work done
 
 
 def test_deterministic(suite, demo_db, tmp_path):
     out = tmp_path / "again"
-    build_suite.build(demo_db, suite["ingested"], NAMES_CSV, out, tmp_path / "m.json", SUITE_PARAMS)
+    build_suite.build(demo_db, suite["ingested"], NAMES_CSV, out, tmp_path / "m.json", SUITE)
     for name in ("synth_1.db", "synth_2.db", "synth_3.db"):
         dump = []
         for folder in (suite["dir"], out):
@@ -252,9 +264,8 @@ def test_whole_dataset_false_pass_below_one_percent(tmp_path, demo_db):
     """The stage's claim on every gold query of dev and test (about a minute)."""
     ingested = tmp_path / "ingested.jsonl"
     write_jsonl(ingested, dataset_records())
-    params = dict(PARAMS["suite"])
     metrics = build_suite.build(demo_db, ingested, NAMES_CSV, tmp_path / "suite", tmp_path / "suite.json",
-                                params)
+                                CONFIG.suite)
     assert metrics["gold_queries"] == 1700 and metrics["gold_self_match"] == 1700
     assert metrics["false_pass_rate"] <= 0.01
     assert metrics["false_pass_rate_demo_only"] > 0.2

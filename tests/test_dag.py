@@ -24,11 +24,12 @@ import pytest
 import yaml
 
 from medsql import overrides
+from medsql.pipeline import load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-STAGES = ["build_db", "ingest", "validate", "preprocess", "train", "build_suite", "evaluate",
-          "analyze_errors", "register"]
+PIPELINE = load_pipeline(ROOT / "dvc.yaml")  # the stages and their graph, as dvc.yaml declares them
+STAGES = list(PIPELINE.stages)
 # The lead's tiny parameter set (tiny model, a few steps, a small data slice), merged over params.yaml.
 TINY_PARAMS = Path(os.environ.get("MEDSQL_TINY_PARAMS", ROOT / "tests" / "params_tiny.yaml"))
 
@@ -39,6 +40,10 @@ bag = DagBag(dag_folder=sys.argv[1], known_pools={"default_pool", "gpu"})
 out = {"import_errors": bag.import_errors, "warnings": {k: list(v) for k, v in bag.captured_warnings.items()},
        "dags": sorted(bag.dags), "tasks": {}}
 dag = bag.dags.get("medsql_pipeline")
+module = next((m for m in list(sys.modules.values()) if str(getattr(m, "__file__", None)).endswith(
+    "medsql_pipeline.py")), None)
+if module is not None:
+    out["retry_policy"] = module.RETRIES
 if dag is not None:
     out["max_active_runs"] = dag.max_active_runs
     out["schedule"] = type(dag.timetable).__name__
@@ -88,17 +93,23 @@ def test_dag_folder_imports_cleanly(dag_info):
     assert dag_info["max_active_runs"] == 1
 
 
-def test_each_stage_runs_its_dvc_stage_in_order(dag_info):
+def test_each_stage_runs_its_dvc_stage_after_the_stages_it_depends_on(dag_info):
     tasks = dag_info["tasks"]
     assert set(tasks) == {*STAGES, "apply_overrides", "record_experiment", "restore_params"}
-    order = ["apply_overrides", *STAGES, "record_experiment"]
-    for before, after in zip(order, order[1:], strict=False):
-        assert tasks[after]["upstream"] == [before], after
+    # The edges between stage tasks are dvc.yaml's graph; the first stages wait for the overrides,
+    # the experiment is recorded once the last ones are done.
+    edges = {(before, stage) for stage in STAGES for before in tasks[stage]["upstream"] if before in STAGES}
+    assert edges == PIPELINE.edges()
+    assert ("train", "build_suite") not in edges and ("build_suite", "train") not in edges
+    for stage in STAGES:
+        assert tasks[stage]["upstream"] == (sorted(PIPELINE.upstream(stage)) or ["apply_overrides"]), stage
+    assert tasks["record_experiment"]["upstream"] == sorted(PIPELINE.leaves())
     dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage in STAGES:
         task = tasks[stage]
         assert task["type"] == "airflow.providers.standard.operators.bash"
-        assert f"; dvc repro --single-item {stage}" in task["command"]
+        # Parallel branches wait for DVC's repository lock instead of failing on it.
+        assert f"; dvc --wait-for-lock repro --single-item {stage}" in task["command"]
         assert task["command"].startswith(f'export PATH={BIN}:"$PATH"; exec </dev/null;')
         assert task["cwd"] == str(ROOT)
         assert task["env"]["MEDSQL_OVERRIDES"] == "{{ dag_run.conf | tojson }}"
@@ -108,6 +119,31 @@ def test_each_stage_runs_its_dvc_stage_in_order(dag_info):
     assert tasks["apply_overrides"]["is_setup"] and tasks["restore_params"]["is_teardown"]
     assert tasks["restore_params"]["trigger_rule"] == "all_done_setup_success"
     assert sorted(tasks["restore_params"]["upstream"]) == ["apply_overrides", "record_experiment"]
+
+
+def test_parallel_stage_tasks_wait_for_dvcs_lock_instead_of_failing(dag_info, tmp_path):
+    # train and build_suite may run at once. Their exact task commands, in a scratch repository whose
+    # lock another DVC process holds for longer than the 3 s a plain `dvc repro` retries for.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([BIN / "dvc", "init", "-q"], cwd=repo, check=True)
+    (repo / "dvc.yaml").write_text("stages:\n" + "".join(
+        f"  {stage}:\n    cmd: echo {stage} > {stage}.txt\n    outs: [{stage}.txt]\n"
+        for stage in ("train", "build_suite")))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dvc.repo import Repo; "
+                               "lock = Repo(sys.argv[1]).lock; lock.lock(); print('held', flush=True); "
+                               "time.sleep(6); lock.unlock()", str(repo)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        tasks = [subprocess.Popen(["bash", "-c", dag_info["tasks"][stage]["command"]], cwd=repo,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for stage in ("train", "build_suite")]
+        outputs = [task.communicate(timeout=120)[0] for task in tasks]
+    finally:
+        holder.wait(timeout=60)
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    assert (repo / "train.txt").read_text() == "train\n" and (repo / "build_suite.txt").read_text() == "build_suite\n"
 
 
 def test_training_goes_to_the_gpu_queue_and_pool(dag_info):
@@ -121,6 +157,10 @@ def test_training_goes_to_the_gpu_queue_and_pool(dag_info):
 
 def test_retries_with_backoff_but_none_on_validation(dag_info):
     tasks = dag_info["tasks"]
+    # Every dvc.yaml stage has a retry policy in the DAG file, and the policy names no other stage.
+    assert set(dag_info["retry_policy"]) == set(STAGES), "dags/medsql_pipeline.py RETRIES vs dvc.yaml stages"
+    for stage in STAGES:
+        assert tasks[stage]["retries"] == dag_info["retry_policy"][stage], stage
     assert tasks["validate"]["retries"] == 0
     validate = tasks["validate"]["command"]
     assert "data docs" in validate and "reports/validation" in validate
@@ -344,9 +384,12 @@ def test_corrupt_input_fails_the_run_at_validation(tmp_path):
 
     assert result["state"] == "failed"
     tasks = result["tasks"]
-    assert tasks["build_db"] == tasks["ingest"] == "success", tasks
+    after_validation = downstream_of("validate")
     assert tasks["validate"] == "failed", tasks
-    for stage in STAGES[STAGES.index("validate") + 1:] + ["record_experiment"]:
+    for stage in STAGES:  # what validation does not gate still runs (it does not read the pairs)
+        if stage != "validate" and stage not in after_validation:
+            assert tasks[stage] == "success", (stage, tasks)
+    for stage in [*after_validation, "record_experiment"]:
         assert tasks[stage] == "upstream_failed", (stage, tasks)
     assert tasks["restore_params"] == "success"
     assert f"Data validation failed, data docs report: {project}/reports/validation/index.html" in log
@@ -354,6 +397,18 @@ def test_corrupt_input_fails_the_run_at_validation(tmp_path):
     assert registry_state(project)[0] == []
     assert (register_metrics.read_bytes() if register_metrics.exists() else None) == before
     assert (project / "params.yaml").read_text() == committed
+
+
+def downstream_of(stage: str) -> list[str]:
+    """Every stage that waits for `stage`, directly or not, in dvc.yaml's order."""
+    found, todo = set(), [stage]
+    while todo:
+        current = todo.pop()
+        for before, after in PIPELINE.edges():
+            if before == current and after not in found:
+                found.add(after)
+                todo.append(after)
+    return [name for name in STAGES if name in found]
 
 
 def free_port() -> int:

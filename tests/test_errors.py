@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from medsql.analyze_errors import analyze, render_report
+from medsql.analyze_errors import analyze
 from medsql.evaluation.errors import CATEGORIES, classify, read_tree
+from medsql.evaluation.metrics import components
+from medsql.reporting import error_report
 
 GOLD = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
         'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "Mal neo descend colon" '
@@ -65,11 +67,38 @@ def test_a_zero_shot_style_query_gets_several_labels():
     assert {"wrong_aggregation", "column_name", "condition_logic"} <= set(diagnosis.labels)
 
 
+def test_conditions_pair_by_table_and_column_as_the_component_scores_do():
+    # Two conditions on SHORT_TITLE, of two tables, listed in the other order: nothing is wrong
+    # with them, and the component scores agree.
+    gold = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
+            'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID INNER JOIN PROCEDURES on DEMOGRAPHIC.HADM_ID = '
+            'PROCEDURES.HADM_ID WHERE DIAGNOSES."SHORT_TITLE" = "Hypertension NOS" '
+            'AND PROCEDURES."SHORT_TITLE" = "Venous cath NEC"')
+    where = gold.index(" WHERE ")
+    reordered = (gold[:where] + ' WHERE PROCEDURES."SHORT_TITLE" = "Venous cath NEC" '
+                 'AND DIAGNOSES."SHORT_TITLE" = "Hypertension NOS" AND DEMOGRAPHIC."AGE" < "45"')
+    diagnosis = classify(reordered, gold)
+    assert diagnosis.labels == ["condition_logic"] and diagnosis.details == [
+        "extra condition DEMOGRAPHIC.AGE < '45'"]
+    assert components(reordered, gold)["component_condition_value"] == 0.0  # a condition too many
+    assert components(reordered.split(" AND DEMOGRAPHIC")[0], gold)["component_condition_value"] == 1.0
+
+    # The gold's column, from the wrong table: schema ambiguity, and the literal compared as well.
+    swapped = gold.replace('DIAGNOSES."SHORT_TITLE" = "Hypertension NOS"',
+                           'PROCEDURES."SHORT_TITLE" = "Hypertension"')
+    diagnosis = classify(swapped, gold)
+    assert diagnosis.primary == "wrong_table"
+    assert "condition on PROCEDURES.SHORT_TITLE where the gold has DIAGNOSES.SHORT_TITLE" in diagnosis.details
+    assert "string_literal" in diagnosis.labels
+
+
 def test_read_tree_resolves_unqualified_columns_and_literals():
     tree = read_tree('SELECT MAX ( age ) FROM DEMOGRAPHIC WHERE gender = "F" AND 45 > age')
     assert tree.select == [("max", "DEMOGRAPHIC", "AGE")]
     assert [(c.column, c.op, c.value) for c in tree.conditions] == [("GENDER", "=", "F"), ("AGE", "<", "45")]
     assert read_tree("not sql at all") is None
+    tree = read_tree('SELECT AGE FROM DEMOGRAPHIC WHERE GENDER = "F" OR AGE IN (1, 2)')
+    assert tree.complex_where and tree.conditions == [] and tree.other_conditions
 
 
 def _row(pred: str, gold: str, right: bool, executable: bool = True) -> dict:
@@ -91,7 +120,7 @@ def test_analyze_counts_shares_and_examples():
     assert cats["wrong_table"]["count"] == 1 and cats["syntax_error"]["count"] == 1
     assert sum(c["count"] for c in cats.values()) == 6
     assert len(result["examples"]["string_literal"]) == 3
-    report = render_report({"model": result})
+    report = error_report({"model": result}, "error_categories.png")
     assert report.startswith("# Error analysis")
     for title, _, fix in CATEGORIES.values():
         assert title in report and fix in report

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from dbtools import make_db
 
 from medsql import analyze_errors, evaluate, paths
+from medsql.config import from_dict
 from medsql.evaluation.metrics import ExecutionScorer
 from medsql.evaluation.recovery import ValueIndex
 
@@ -27,9 +31,9 @@ WORDINGS = ("template", "natural", "natural_v2")
 def setting(tmp_path):
     demo = tmp_path / "demo.db"
     make_db(demo, [("10", "1", "Acute pancreatitis"), ("20", "2", "Hypertension NOS")])
-    variant = tmp_path / "variant.db"
-    make_db(variant, [("10", "1", "Acute pancreatitis"), ("20", "2", "Hypertension NOS"),
-                      ("20", "2", "Acute pancreatitis")])
+    synthetic = tmp_path / "synth_1.db"
+    make_db(synthetic, [("10", "1", "Acute pancreatitis"), ("20", "2", "Hypertension NOS"),
+                        ("20", "2", "Acute pancreatitis")])
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"key": "t", "variant": "template", "question": "q", "sql": FEMALE}) + "\n")
     rows = [{"key": key, "variant": w, "question": f"{key} question ({w})", "sql": sql}
@@ -40,7 +44,7 @@ def setting(tmp_path):
              FEMALE, FEMALE, FEMALE.replace('"F"', '"X"')]
     baseline = ["SELECT count(*) FROM patients"] * 3 + ["hello"] * 3
     index = ValueIndex.build(demo, train)
-    scorer = ExecutionScorer([demo, variant], timeout_s=5)
+    scorer = ExecutionScorer([demo, synthetic], timeout_s=5)
     return rows, {"model": model, "baseline": baseline}, index, scorer
 
 
@@ -57,7 +61,7 @@ def outputs(tmp_path, monkeypatch):
     return out
 
 
-PARAMS = {"recovery": {"enabled": True}, "bootstrap": {"resamples": 200, "seed": 1}}
+PARAMS = from_dict({"evaluate": {"recovery": {"enabled": True}, "bootstrap": {"resamples": 200, "seed": 1}}}).evaluate
 
 
 def test_metrics_with_and_without_recovery(setting):
@@ -90,7 +94,7 @@ def test_metrics_with_and_without_recovery(setting):
 
 def test_recovery_off_makes_raw_the_headline(setting):
     rows, predictions, index, scorer = setting
-    params = {"recovery": {"enabled": False}, "bootstrap": {"resamples": 50}}
+    params = from_dict({"evaluate": {"recovery": {"enabled": False}, "bootstrap": {"resamples": 50}}}).evaluate
     metrics, detail, scored = evaluate.evaluate(rows, predictions, {}, index, scorer, params)
     assert metrics["model"]["execution_accuracy"] == pytest.approx(3 / 6, abs=1e-6)
     assert metrics["model"]["with_recovery"]["execution_accuracy"] == pytest.approx(4 / 6, abs=1e-6)
@@ -123,13 +127,22 @@ def test_stage_outputs_and_error_analysis(setting, outputs, monkeypatch):
     params = outputs / "params.yaml"
     params.write_text("analyze_errors:\n  examples: 2\n")
     monkeypatch.setenv("MEDSQL_PARAMS", str(params))
-    analyze_errors.main()
+    assert analyze_errors.main([]) == 0
     errors = json.loads((outputs / "metrics/error_analysis.json").read_text())
     assert errors["model"]["wrong"] == 2 and errors["model"]["string_literal"]["count"] == 2
     assert errors["baseline"]["wrong"] == 6 and errors["baseline"]["syntax_error"]["count"] == 6
     analysis = (outputs / "reports/error_analysis.md").read_text()
     assert analysis.startswith("# Error analysis") and "Suggested fix" in analysis
     assert (outputs / "reports/figures/error_categories.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("stage, output", [("evaluate", "eval.json"), ("analyze_errors", "error_analysis.md")])
+def test_help_says_what_the_stage_reads_and_writes(stage, output, tmp_path):
+    done = subprocess.run([sys.executable, "-m", f"medsql.{stage}", "--help"], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, MEDSQL_ROOT=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert "reads:" in done.stdout and "writes:" in done.stdout and output in done.stdout
+    assert not list(tmp_path.iterdir())  # no work done
 
 
 def test_bad_split_names_file_line_and_field(tmp_path):

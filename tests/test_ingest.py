@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from medsql import ingest, paths
-from medsql.util import load_params, resolve
+from medsql.config import Config, ConfigError, from_dict, load_config
+from medsql.text import collapse_whitespace
+from medsql.util import resolve
 
-MIMICSQL_DIR = resolve(load_params()["data"]["mimicsql_dir"])
+MIMICSQL_DIR = resolve(load_config().data.mimicsql_dir)
 WORDINGS = ["template", "natural", "natural_v2"]
 CANONICAL = {"key", "variant", "question", "sql", "source", "origin"}
 # Two queries MIMICSQL does not hold (test_hf_chat_from_local_json_file checks that).
@@ -40,6 +42,12 @@ def params(mimicsql_dir: Path, sources: list[str], hf_path: str = "", variant: s
                        "hf_chat": {"path": hf_path, "split": "train", "variant": variant}}}
 
 
+def run(settings: dict) -> list[dict]:
+    """ingest() on parameters shaped like params.yaml, typed through medsql.config."""
+    cfg: Config = from_dict(settings)
+    return ingest.ingest(cfg.ingest, cfg.data)
+
+
 def run_main(tmp_path: Path, settings: dict, out: Path) -> int:
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(settings))
@@ -53,7 +61,8 @@ def mimicsql_copy(tmp_path: Path) -> Path:
 
 
 def test_real_data_all_three_wordings() -> None:
-    records = ingest.ingest(load_params())
+    cfg = load_config()
+    records = ingest.ingest(cfg.ingest, cfg.data)
     assert len(records) == 5100
     assert all(set(r) == CANONICAL for r in records)
     assert Counter(r["variant"] for r in records) == {w: 1700 for w in WORDINGS}
@@ -88,10 +97,10 @@ def test_hf_chat_from_local_json_file(tmp_path: Path) -> None:
     chat_file = tmp_path / "chat.json"
     chat_file.write_text(json.dumps(rows))
 
-    records = ingest.ingest(params(MIMICSQL_DIR, ["mimicsql", "hf_chat"], str(chat_file), "clinician"))
+    records = run(params(MIMICSQL_DIR, ["mimicsql", "hf_chat"], str(chat_file), "clinician"))
     chat_records = [r for r in records if r["source"] == "hf_chat"]
-    mimicsql_sql = {ingest.normalise_sql(r["sql"]) for r in records if r["source"] == "mimicsql"}
-    assert ingest.normalise_sql(SQL_A) not in mimicsql_sql and ingest.normalise_sql(SQL_B) not in mimicsql_sql
+    mimicsql_sql = {collapse_whitespace(r["sql"]) for r in records if r["source"] == "mimicsql"}
+    assert collapse_whitespace(SQL_A) not in mimicsql_sql and collapse_whitespace(SQL_B) not in mimicsql_sql
     assert len(records) == 5104 and len(chat_records) == 4
     assert [r["origin"] for r in chat_records] == [f"{chat_file}[train]#{i}" for i in range(4)]
     assert {r["variant"] for r in chat_records} == {"clinician"}
@@ -117,13 +126,13 @@ def test_hf_chat_from_local_folder_of_jsonl(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("row, missing", [(chat("a question", None), "assistant"),
                                           (chat(None, SQL_A), "user")])
-def test_chat_row_without_user_or_assistant_is_named(tmp_path: Path, capsys, row, missing) -> None:
+def test_chat_row_without_user_or_assistant_is_named(tmp_path: Path, caplog, row, missing) -> None:
     chat_file = tmp_path / "chat.jsonl"
     chat_file.write_text("".join(json.dumps(r) + "\n" for r in [chat("fine", SQL_A), row]))
     out = tmp_path / "ingested.jsonl"
     out.write_text("previous good output\n")
     assert run_main(tmp_path, params(MIMICSQL_DIR, ["hf_chat"], str(chat_file)), out) == 1
-    err = capsys.readouterr().err
+    err = caplog.text
     assert f"{chat_file}[train]#1" in err and f"no {missing} message" in err
     assert out.read_text() == "previous good output\n"
 
@@ -142,10 +151,10 @@ def test_hub_id_goes_to_the_hub_and_fails_clearly_offline(tmp_path: Path) -> Non
 
 def test_missing_local_chat_file_is_not_sent_to_the_hub(tmp_path: Path) -> None:
     with pytest.raises(ingest.IngestError, match=r"hf_chat: \./nowhere/chat\.jsonl: file or folder not"):
-        ingest.ingest(params(MIMICSQL_DIR, ["hf_chat"], "./nowhere/chat.jsonl"))
+        run(params(MIMICSQL_DIR, ["hf_chat"], "./nowhere/chat.jsonl"))
 
 
-def test_malformed_json_line_names_file_and_line(tmp_path: Path, mimicsql_copy: Path, capsys) -> None:
+def test_malformed_json_line_names_file_and_line(tmp_path: Path, mimicsql_copy: Path, caplog) -> None:
     target = mimicsql_copy / "natural" / "dev.jsonl"
     lines = target.read_text().splitlines(keepends=True)
     lines[16] = lines[16][:40] + "\n"  # line 17 cut short
@@ -153,8 +162,15 @@ def test_malformed_json_line_names_file_and_line(tmp_path: Path, mimicsql_copy: 
     out = tmp_path / "ingested.jsonl"
     out.write_text("previous good output\n")
     assert run_main(tmp_path, params(mimicsql_copy, ["mimicsql"]), out) == 1
-    assert "natural/dev.jsonl line 17: not valid JSON: " in capsys.readouterr().err
+    assert "natural/dev.jsonl line 17: not valid JSON: " in caplog.text
     assert out.read_text() == "previous good output\n"
+
+
+def test_bytes_that_are_not_utf8_are_named(mimicsql_copy: Path) -> None:
+    target = mimicsql_copy / "template" / "test.jsonl"
+    target.write_bytes(target.read_bytes().replace(b"how many", b"how m\xffny", 1))
+    with pytest.raises(ingest.IngestError, match=r"^template/test\.jsonl: not UTF-8 text"):
+        run(params(mimicsql_copy, ["mimicsql"]))
 
 
 @pytest.mark.parametrize("field", ["key", "question_refine", "sql"])
@@ -166,13 +182,26 @@ def test_missing_field_names_field_and_line(tmp_path: Path, mimicsql_copy: Path,
     lines[4] = json.dumps(record) + "\n"
     target.write_text("".join(lines))
     with pytest.raises(ingest.IngestError) as raised:
-        ingest.ingest(params(mimicsql_copy, ["mimicsql"]))
+        run(params(mimicsql_copy, ["mimicsql"]))
     assert str(raised.value) == f"natural_v2/test.jsonl line 5: missing field {field!r}"
 
 
-def test_missing_file_and_unknown_source(tmp_path: Path, mimicsql_copy: Path) -> None:
+def test_missing_file_and_unknown_source(tmp_path: Path, mimicsql_copy: Path, caplog) -> None:
     (mimicsql_copy / "template" / "test.jsonl").unlink()
     with pytest.raises(ingest.IngestError, match="template/test.jsonl: file not found"):
-        ingest.ingest(params(mimicsql_copy, ["mimicsql"]))
-    with pytest.raises(ingest.IngestError, match="unknown source"):
-        ingest.ingest(params(mimicsql_copy, ["spider"]))
+        run(params(mimicsql_copy, ["mimicsql"]))
+    with pytest.raises(ConfigError, match="ingest.sources: .* must be a non-empty list of mimicsql, hf_chat"):
+        run(params(mimicsql_copy, ["spider"]))
+    # Through the stage: the parameter file's line is named, nothing is written.
+    out = tmp_path / "ingested.jsonl"
+    assert run_main(tmp_path, params(mimicsql_copy, ["spider"]), out) == 1
+    assert f"{tmp_path / 'params.yaml'}:" in caplog.text and "ingest.sources" in caplog.text
+    assert not out.exists()
+
+
+def test_help_says_what_the_stage_reads_and_writes(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "medsql.ingest", "--help"], cwd=paths.ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, MEDSQL_ROOT=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert "reads:" in done.stdout and "writes: data/ingested.jsonl" in done.stdout
+    assert not (tmp_path / "data").exists()

@@ -109,7 +109,7 @@ def test_paired_difference():
     assert diff["value"] == pytest.approx(0.3)
     assert 0.2 < diff["low"] < 0.3 < diff["high"] < 0.4
     with pytest.raises(ValueError):
-        paired_difference(a, b[:10], "m")
+        paired_difference(a, b[:10], "m", resamples=10, seed=0)
 
 
 # ---- execution metrics on tiny databases ------------------------------------------------------
@@ -117,11 +117,11 @@ def test_paired_difference():
 def dbs(tmp_path):
     demo = tmp_path / "demo.db"
     make_db(demo, [("10", "1", "Hypertension NOS")])
-    # A suite variant: synthetic rows carry the values the queries name.
-    variant = tmp_path / "variant.db"
-    make_db(variant, [("10", "1", "Hypertension NOS"), ("10", "1", "Acute pancreatitis"),
-                      ("20", "2", "Rare fever")])
-    return [demo, variant]  # the demo database first, as load_suite lists it
+    # A synthetic suite database: its rows carry the values the queries name.
+    synthetic = tmp_path / "synth_1.db"
+    make_db(synthetic, [("10", "1", "Hypertension NOS"), ("10", "1", "Acute pancreatitis"),
+                        ("20", "2", "Rare fever")])
+    return [demo, synthetic]  # the demo database first, as load_suite lists it
 
 
 def test_suite_catches_a_wrong_query_the_demo_db_lets_pass(dbs):
@@ -139,3 +139,17 @@ def test_suite_catches_a_wrong_query_the_demo_db_lets_pass(dbs):
 
     broken = score_prediction('SELECT COUNT ( DISTINCT DEMOGRAPHIC."NOPE" ) FROM DEMOGRAPHIC', GOLD, scorer)
     assert broken["executable"] == broken["execution_accuracy"] == 0.0
+
+
+def test_conditions_pair_by_table_and_column_then_in_order():
+    from medsql.evaluation.metrics import pair_conditions
+    from medsql.sqlform import Condition
+
+    age, title = Condition("DEMOGRAPHIC", "AGE", "<", "45"), Condition("DIAGNOSES", "SHORT_TITLE", "=", "x")
+    other_title = Condition("PROCEDURES", "SHORT_TITLE", "=", "x")
+    gender = Condition("DEMOGRAPHIC", "GENDER", "=", "F")
+    pairing = pair_conditions([other_title, age, gender], [title, age])
+    assert pairing.same_column == [(age, age)]
+    assert pairing.other_column == [(other_title, title)]  # the leftover prediction takes the gold's place
+    assert pairing.missing == [] and pairing.extra == [gender]
+    assert pair_conditions([], [age]).missing == [age]

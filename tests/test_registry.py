@@ -7,7 +7,11 @@ thing under test is the registry logic, which must not depend on what the model 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import re
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -16,10 +20,15 @@ from mlflow import MlflowClient
 
 from medsql import paths
 from medsql import register as register_stage
+from medsql.config import RegisterConfig
 from medsql.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION_TAG,
+    PROMOTED_AT_TAG,
+    PROMOTED_BY_TAG,
+    PROMOTION_REASON_TAG,
+    PROMOTION_TAG,
     promote_command,
     register_and_gate,
 )
@@ -55,23 +64,32 @@ def log_model(sql: str) -> tuple[str, str]:
     return run.info.run_id, info.model_uri
 
 
-def register(run: tuple[str, str], accuracy: float):
+def register(run: tuple[str, str], accuracy: float, auto_promote: bool = True):
     run_id, model_uri = run
     metrics = {"execution_accuracy": accuracy, "logic_form_accuracy": accuracy - 0.1, "exact_match": 0.5,
                "by_variant": {"natural": accuracy}}
     return register_and_gate(model_uri, run_id, metrics, name=NAME, margin=MARGIN,
-                             tags={"data_version": "abc.dir", "git_commit": "deadbeef"})
+                             tags={"data_version": "abc.dir", "git_commit": "deadbeef"}, auto_promote=auto_promote)
 
 
 def champion(client: MlflowClient) -> str:
     return str(client.get_model_version_by_alias(NAME, CHAMPION).version)
 
 
-def promote(version: int | None = None, rollback: bool = False, force: bool = False) -> int:
-    return promote_command(argparse.Namespace(version=version, rollback=rollback, force=force, name=NAME))
+def promote(version: int | None = None, rollback: bool = False, force: bool = False,
+            reason: str = "better on the test suite") -> int:
+    return promote_command(argparse.Namespace(version=version, rollback=rollback, force=force, name=NAME,
+                                              reason=reason))
 
 
-def test_gate_promote_and_rollback(store, capsys):
+def promotion(client: MlflowClient, version: str) -> tuple[str, str, str]:
+    """(promoted_by, promotion, promotion_reason) recorded on a version; checks promoted_at is a UTC time."""
+    tags = client.get_model_version(NAME, version).tags
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tags[PROMOTED_AT_TAG])
+    return tags[PROMOTED_BY_TAG], tags[PROMOTION_TAG], tags[PROMOTION_REASON_TAG]
+
+
+def test_gate_promote_and_rollback(store, capsys, monkeypatch):
     first = register(log_model("SELECT 1"), 0.60)
     assert (first.decision, first.version, first.champion_version) == ("promoted", 1, 1)
     assert "no champion" in first.reason
@@ -80,6 +98,8 @@ def test_gate_promote_and_rollback(store, capsys):
     assert version.tags["by_variant.natural"] == "0.6"
     assert (version.tags["data_version"], version.tags["git_commit"]) == ("abc.dir", "deadbeef")
     assert set(version.aliases) == {CHAMPION, CHALLENGER}
+    by, how, reason = promotion(store, "1")
+    assert (by, how) == ("gate", "gate") and reason == first.reason
 
     # Better, but by less than the margin: it becomes challenger, champion stays, and says why.
     close = register(log_model("SELECT 2"), 0.605)
@@ -107,14 +127,24 @@ def test_gate_promote_and_rollback(store, capsys):
     assert promote(version=2) == 1
     assert "worse" in capsys.readouterr().err
     assert champion(store) == "3"
-    # ... and done with it.
-    assert promote(version=2, force=True) == 0
+    # ... and done with it, recording who, why and when.
+    monkeypatch.setenv("MEDSQL_USER", "dr.house")
+    assert promote(version=2, force=True, reason="version 3 misreads dates  in ward  questions") == 0
     assert champion(store) == "2"
     assert store.get_model_version(NAME, "2").tags[PREVIOUS_CHAMPION_TAG] == "3"
+    assert promotion(store, "2") == ("dr.house", "forced", "version 3 misreads dates in ward questions")
+    # A promotion needs a reason.
+    assert promote(version=3, reason="  ") == 2
+    assert "--reason" in capsys.readouterr().err
+    assert champion(store) == "2"
 
     # Rollback follows the chain of replaced champions: 2 -> 3 -> 1, then nothing left.
-    assert promote(rollback=True) == 0
+    monkeypatch.delenv("MEDSQL_USER")
+    assert promote(rollback=True, reason="complaints from the ward") == 0
     assert champion(store) == "3"
+    by, how, reason = promotion(store, "3")
+    assert (by, how) == (getpass.getuser(), "rollback")
+    assert reason == "rollback from version 2: complaints from the ward"
     assert promote(rollback=True) == 0
     assert champion(store) == "1"
     capsys.readouterr()
@@ -140,7 +170,23 @@ def test_gate_respects_a_promotion_made_in_the_ui(store):
     assert (third.decision, third.champion_version, third.previous_champion) == ("promoted", 3, 2)
 
 
-def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch, capsys, request):
+def test_with_auto_promote_off_the_gate_only_reports_and_a_person_promotes(store, capsys):
+    first = register(log_model("SELECT 1"), 0.60, auto_promote=False)
+    assert (first.decision, first.champion_version, first.auto_promote) == ("pending", None, False)
+    assert "auto_promote is off" in first.reason and "medsql promote --version 1" in first.reason
+    assert CHAMPION not in store.get_model_version(NAME, "1").aliases
+    assert promote(version=1, reason="reviewed by the clinical safety board") == 0
+    assert champion(store) == "1"
+    assert promotion(store, "1")[1:] == ("manual", "reviewed by the clinical safety board")
+    # A clearly better version still waits for a person; a worse one is simply kept.
+    better = register(log_model("SELECT 2"), 0.90, auto_promote=False)
+    assert (better.decision, better.champion_version) == ("pending", 1)
+    worse = register(log_model("SELECT 3"), 0.10, auto_promote=False)
+    assert worse.decision == "kept"
+    assert champion(store) == "1"
+
+
+def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch, caplog, request):
     run_id, model_uri = log_model("SELECT 9")
     root = tmp_path / "project"  # a scratch project root: the stage reads and writes there
     info, evaluation = root / "models" / "medsql" / "mlflow.json", root / "metrics" / "eval.json"
@@ -151,27 +197,51 @@ def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch,
     (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  preprocess:\n"
                                    "    cmd: python -m medsql.preprocess\n"
                                    "    outs:\n    - path: data/splits\n      md5: 0123abcd.dir\n")
-    (root / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n  margin: {MARGIN}\n")
+    (root / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n")  # margin: config.py's default
     original = paths.ROOT
     paths.set_root(root)
     request.addfinalizer(lambda: paths.set_root(original))
     monkeypatch.delenv("MEDSQL_PARAMS", raising=False)
+    monkeypatch.delenv("MEDSQL_AUTO_PROMOTE", raising=False)
     monkeypatch.setenv("MEDSQL_OVERRIDES", json.dumps({"register": {"margin": MARGIN}}))
     monkeypatch.setenv("MEDSQL_RUN_ID", "manual__2026-01-01T00:00:00+00:00")
 
     # No evaluation yet: a clear error naming the file, nothing registered, nothing written.
-    assert register_stage.main() == 1
-    assert str(evaluation) in capsys.readouterr().err
+    assert register_stage.main([]) == 1
+    assert str(evaluation) in caplog.text
     assert not result.exists() and not store.search_registered_models()
 
     evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.4, "exact_match": 0.3},
                                       "baseline": {"execution_accuracy": 0.0}}))
-    assert register_stage.main() == 0
+    assert register_stage.main([]) == 0
     written = json.loads(result.read_text())
     assert (written["version"], written["champion_version"], written["decision"]) == (1, 1, "promoted")
+    assert (written["margin"], written["auto_promote"]) == (RegisterConfig().margin, RegisterConfig().auto_promote)
     tags = store.get_model_version(NAME, "1").tags
     assert tags["data_version"] == "0123abcd.dir"
     assert tags["execution_accuracy"] == "0.4" and "baseline.execution_accuracy" not in tags
     assert json.loads(tags["medsql.overrides"]) == {"register": {"margin": MARGIN}}
     assert tags["medsql.dvc_experiment"] == "airflow-manual__2026-01-01T00-00-00-00-00"
     assert tags["git_commit"] == "unknown"  # the scratch root is no git checkout
+    assert tags["promoted_by"] == "gate"
+
+    # A deployment that requires a person's decision: a better model is registered, not promoted.
+    run_id, model_uri = log_model("SELECT 10")
+    info.write_text(json.dumps({"run_id": run_id, "model_uri": model_uri, "tracking_uri": "x"}))
+    evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.9}}))
+    monkeypatch.setenv("MEDSQL_AUTO_PROMOTE", "false")
+    assert register_stage.main([]) == 0
+    written = json.loads(result.read_text())
+    assert (written["version"], written["champion_version"], written["decision"]) == (2, 1, "pending")
+    assert champion(store) == "1"
+    monkeypatch.setenv("MEDSQL_AUTO_PROMOTE", "perhaps")
+    assert register_stage.main([]) == 1
+    assert "MEDSQL_AUTO_PROMOTE" in caplog.text
+
+
+def test_register_stage_help_says_what_it_reads_and_writes():
+    done = subprocess.run([sys.executable, "-m", "medsql.register", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    for name in ("mlflow.json", "eval.json", "register.json", "auto_promote", "MLFLOW_TRACKING_URI"):
+        assert name in done.stdout

@@ -36,11 +36,12 @@ def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> Non
     import pandas as pd
 
     from medsql import train
+    from medsql.config import load_config
     from medsql.predictor import Predictor
-    from medsql.util import load_params
 
     root, params, write_params = tiny_project
-    summary = train.run(load_params())
+    cfg = load_config()
+    summary = train.run(cfg.train, cfg.preprocess)
 
     model_dir = paths.MODEL
     meta = json.loads((model_dir / "medsql.json").read_text())
@@ -92,7 +93,7 @@ def test_reference_profile_applies_lora_and_saves_reloadable_adapters(tiny_proje
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from medsql import train
-    from medsql.util import load_params
+    from medsql.config import load_config
 
     root, params, write_params = tiny_project
     rows = list(read_jsonl(real_splits / "train.jsonl"))[:300]
@@ -101,7 +102,8 @@ def test_reference_profile_applies_lora_and_saves_reloadable_adapters(tiny_proje
     params["train"]["reference"].update(base_model=str(base_dir), epochs=1, per_device_batch_size=4)
     write_params()
 
-    summary = train.run(load_params())
+    cfg = load_config()
+    summary = train.run(cfg.train, cfg.preprocess)
     # LoRA: only the adapters train, a small fraction of the model.
     assert 0 < summary["trainable_parameters"] < 0.5 * summary["parameters"]
     model_dir = paths.MODEL
@@ -134,6 +136,7 @@ def test_reference_profile_applies_lora_and_saves_reloadable_adapters(tiny_proje
     assert torch.allclose(c, d, atol=1e-6)
 
 
+@pytest.mark.slow  # two runs of 240 steps: minutes
 def test_training_killed_mid_run_resumes_from_last_checkpoint(tiny_project) -> None:
     root, params, write_params = tiny_project
     params["train"].update(epochs=6, eval_every_epochs=1, max_train_rows=160, per_device_batch_size=4)

@@ -14,8 +14,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from medsql.evaluation.metrics import pair_conditions
 from medsql.schema import TABLES
-from medsql.sqlform import to_single_quotes
+from medsql.sqlform import Condition, SelectItem, to_single_quotes
 
 # key -> (title, what it means, the fix it calls for)
 CATEGORIES: dict[str, tuple[str, str, str]] = {
@@ -79,25 +80,21 @@ _OPERATORS = {exp.EQ: "=", exp.NEQ: "!=", exp.LT: "<", exp.GT: ">", exp.LTE: "<=
 _AGGREGATES = {exp.Count: "count", exp.Max: "max", exp.Min: "min", exp.Avg: "avg", exp.Sum: "sum"}
 
 
-@dataclass(frozen=True)
-class Leaf:
-    """One AND-ed condition: column compared with a literal (or anything else, kept as text)."""
-
-    table: str
-    column: str
-    op: str
-    value: str
-
-
 @dataclass
 class Tree:
-    """What the classification compares, read off the sqlglot tree."""
+    """What the classification compares, read off the sqlglot tree: selected items and AND-ed
+    conditions in sqlform's types, plus what sqlform's grammar has no place for."""
 
-    tables: set[str]
-    select: list[tuple[str | None, str, str]]       # (aggregate, table, column)
-    conditions: list[Leaf]
-    complex_where: bool = False                      # OR / NOT / IN / BETWEEN ...: not a plain AND list
-    modifiers: dict[str, str] = field(default_factory=dict)  # group/order/limit/distinct, as SQL
+    tables: set[str]                                 # tables the FROM clause names
+    select: list[SelectItem]                         # (aggregate, table, column); "" where unresolved
+    conditions: list[Condition]                      # AND-ed comparisons of a column with a value
+    other_conditions: list[str] = field(default_factory=list)  # OR / NOT / IN / BETWEEN ..., as SQL
+    modifiers: dict[str, str] = field(default_factory=dict)    # group/order/limit/distinct, as SQL
+
+    @property
+    def complex_where(self) -> bool:
+        """The WHERE clause is not a plain AND of comparisons."""
+        return bool(self.other_conditions)
 
 
 def read_tree(sql: str) -> Tree | None:
@@ -113,22 +110,21 @@ def read_tree(sql: str) -> Tree | None:
             return None
     tables = {t.name.upper() for t in tree.find_all(exp.Table)}
     select = [_select_item(e, tables) for e in tree.expressions]
-    conditions: list[Leaf] = []
-    complex_where = False
+    conditions: list[Condition] = []
+    other_conditions: list[str] = []
     where = tree.args.get("where")
     if where is not None:
         for part in _and_parts(where.this):
-            leaf = _leaf(part, tables)
-            if leaf is None:
-                complex_where = True
-                conditions.append(Leaf("", "", part.key, part.sql()))
+            condition = _condition(part, tables)
+            if condition is None:
+                other_conditions.append(part.sql())
             else:
-                conditions.append(leaf)
+                conditions.append(condition)
     modifiers = {k: tree.args[k].sql() if isinstance(tree.args[k], exp.Expr) else str(tree.args[k])
                  for k in ("distinct", "group", "order", "limit", "having") if tree.args.get(k)}
     if outer is not tree:
         modifiers["set_operation"] = outer.key
-    return Tree(tables, select, conditions, complex_where, modifiers)
+    return Tree(tables, select, conditions, other_conditions, modifiers)
 
 
 def _and_parts(node: exp.Expr) -> list[exp.Expr]:
@@ -150,7 +146,7 @@ def _column(node: exp.Expr | None, tables: set[str]) -> tuple[str, str]:
     return table, name
 
 
-def _select_item(node: exp.Expr, tables: set[str]) -> tuple[str | None, str, str]:
+def _select_item(node: exp.Expr, tables: set[str]) -> SelectItem:
     node = node.unalias() if isinstance(node, exp.Alias) else node
     agg = None
     for kind, name in _AGGREGATES.items():
@@ -160,7 +156,7 @@ def _select_item(node: exp.Expr, tables: set[str]) -> tuple[str | None, str, str
     return (agg, *_column(node, tables))
 
 
-def _leaf(node: exp.Expr, tables: set[str]) -> Leaf | None:
+def _condition(node: exp.Expr, tables: set[str]) -> Condition | None:
     op = _OPERATORS.get(type(node))
     if op is None:
         return None
@@ -171,7 +167,7 @@ def _leaf(node: exp.Expr, tables: set[str]) -> Leaf | None:
     if not isinstance(left, exp.Column):
         return None
     value = right.this if isinstance(right, exp.Literal) else right.sql()
-    return Leaf(*_column(left, tables), op, str(value))
+    return Condition(*_column(left, tables), op, str(value))
 
 
 @dataclass
@@ -234,31 +230,35 @@ def _columns(tree: Tree) -> list[tuple[str, str]]:
     return [(t, c) for _, t, c in tree.select] + [(x.table, x.column) for x in tree.conditions if x.column]
 
 
-def _condition_differences(pred: list[Leaf], gold: list[Leaf]) -> list[tuple[str, str]]:
-    """Pair conditions by column name; unpaired ones are missing or extra."""
+def _condition_differences(pred: list[Condition], gold: list[Condition]) -> list[tuple[str, str]]:
+    """Conditions paired as the component scores pair them (metrics.pair_conditions): same
+    TABLE.COLUMN first, then leftovers in order; unpaired ones are missing or extra."""
     found: list[tuple[str, str]] = []
-    left = [p for p in pred if p.column]
-    unpaired_gold: list[Leaf] = []
-    for g in (g for g in gold if g.column):
-        match = next((p for p in left if p.column == g.column), None)
-        if match is None:
-            unpaired_gold.append(g)
-            continue
-        left.remove(match)
-        kind = "temporal" if g.column in TEMPORAL_COLUMNS else None
-        if match.op != g.op:
-            found.append((kind or "condition_logic", f"{g.column}: operator {match.op} instead of {g.op}"))
-        if match.value != g.value:
-            found.append((kind or "string_literal", f"{g.column}: {match.value!r} instead of {g.value!r}"))
-    # Leftovers pair up in order: a condition on another column in place of the gold's one.
-    while left and unpaired_gold:
-        p, g = left.pop(0), unpaired_gold.pop(0)
-        kind = "temporal" if {p.column, g.column} & TEMPORAL_COLUMNS else "column_name"
-        found.append((kind, f"condition on {p.table}.{p.column} where the gold has {g.table}.{g.column}"))
-    for g in unpaired_gold:
+    pairing = pair_conditions([p for p in pred if p.column], [g for g in gold if g.column])
+    for p, g in pairing.same_column:
+        found.extend(_operator_and_value(p, g))
+    for p, g in pairing.other_column:
+        where = f"condition on {p.table}.{p.column} where the gold has {g.table}.{g.column}"
+        if p.column == g.column:  # the gold's column, taken from another table (or from none named)
+            found.append(("wrong_table", where))
+            found.extend(_operator_and_value(p, g))
+        else:  # a condition on another column in place of the gold's one
+            found.append(("temporal" if {p.column, g.column} & TEMPORAL_COLUMNS else "column_name", where))
+    for g in pairing.missing:
         kind = "temporal" if g.column in TEMPORAL_COLUMNS else "condition_logic"
         found.append((kind, f"missing condition {g.table}.{g.column} {g.op} {g.value!r}"))
-    for p in left:
+    for p in pairing.extra:
         kind = "temporal" if p.column in TEMPORAL_COLUMNS else "condition_logic"
         found.append((kind, f"extra condition {p.table}.{p.column} {p.op} {p.value!r}"))
+    return found
+
+
+def _operator_and_value(pred: Condition, gold: Condition) -> list[tuple[str, str]]:
+    """What differs between two conditions on the same column: the operator, the literal."""
+    kind = "temporal" if gold.column in TEMPORAL_COLUMNS else None
+    found = []
+    if pred.op != gold.op:
+        found.append((kind or "condition_logic", f"{gold.column}: operator {pred.op} instead of {gold.op}"))
+    if pred.value != gold.value:
+        found.append((kind or "string_literal", f"{gold.column}: {pred.value!r} instead of {gold.value!r}"))
     return found

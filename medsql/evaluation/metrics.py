@@ -11,17 +11,20 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medsql.evaluation.execution import suite_match
 from medsql.sqlform import Condition, FormError, Query, logic_form, parse_sql
+from medsql.text import collapse_whitespace
 
 # Name -> one-line definition; the order is the order of every table and chart.
 METRICS: dict[str, str] = {
     "execution_accuracy": "test-suite execution accuracy: the prediction returns the gold query's result "
-                          "on every test-suite database (demo DB + synthetic variants)",
+                          "on every test-suite database (the demo database and the synthetic ones)",
     "demo_execution_accuracy": "execution accuracy on the demo database alone (lets wrong queries pass when "
                                "both return an empty set or 0; shown to say how much the suite catches)",
     "logic_form_accuracy": "lower-cased, whitespace-normalised prediction equals the gold "
@@ -40,23 +43,20 @@ METRICS: dict[str, str] = {
     "component_select_column": "the selected TABLE.COLUMN list is right",
     "component_tables": "the set of tables queried is right",
     "component_condition_column": "the conditions name the right TABLE.COLUMNs (as a multiset)",
-    "component_condition_operator": "each condition has the right operator (conditions paired by column)",
-    "component_condition_value": "each condition has the right literal, case-sensitive (paired by column)",
+    "component_condition_operator": "each condition has the right operator (conditions paired by TABLE.COLUMN)",
+    "component_condition_value": "each condition has the right literal, case-sensitive (paired by TABLE.COLUMN)",
 }
-HEADLINE = ["execution_accuracy", "logic_form_accuracy", "exact_match", "executable", "token_f1",
+# The metrics eval.json carries flat under each system, and the charts show.
+HEADLINE_METRICS = ["execution_accuracy", "logic_form_accuracy", "exact_match", "executable", "token_f1",
             "token_f1_set", "demo_execution_accuracy"]
 COMPONENTS = [m for m in METRICS if m.startswith("component_")]
 WORDINGS = ["template", "natural", "natural_v2"]
 
 
 # ---- string metrics -------------------------------------------------------------------------
-def normalise_whitespace(sql: str) -> str:
-    return " ".join(sql.strip().split())
-
-
 def exact_match(pred: str, gold: str) -> bool:
     """The reference's exact match: equal after stripping and collapsing whitespace, case-sensitive."""
-    return normalise_whitespace(pred) == normalise_whitespace(gold)
+    return collapse_whitespace(pred) == collapse_whitespace(gold)
 
 
 def logic_form_match(pred: str, gold: str) -> bool:
@@ -83,11 +83,24 @@ def token_prf_multiset(pred: str, gold: str) -> tuple[float, float, float]:
 
 
 # ---- component breakdown --------------------------------------------------------------------
-def pair_conditions(pred: Sequence[Condition],
-                    gold: Sequence[Condition]) -> list[tuple[Condition, Condition]]:
+@dataclass
+class ConditionPairing:
+    """Predicted conditions matched with the gold's; the error categories read the same pairing."""
+
+    same_column: list[tuple[Condition, Condition]]   # (predicted, gold) on the same TABLE.COLUMN
+    other_column: list[tuple[Condition, Condition]]  # a leftover prediction in place of a gold condition
+    missing: list[Condition]                         # gold conditions no prediction pairs with
+    extra: list[Condition]                           # predicted conditions no gold pairs with
+
+    @property
+    def pairs(self) -> list[tuple[Condition, Condition]]:
+        return self.same_column + self.other_column
+
+
+def pair_conditions(pred: Sequence[Condition], gold: Sequence[Condition]) -> ConditionPairing:
     """Pair each gold condition with a predicted one: same TABLE.COLUMN first, then in order."""
     left = list(pred)
-    pairs: list[tuple[Condition, Condition]] = []
+    same: list[tuple[Condition, Condition]] = []
     unpaired: list[Condition] = []
     for g in gold:
         match = next((p for p in left if (p.table, p.column) == (g.table, g.column)), None)
@@ -95,10 +108,10 @@ def pair_conditions(pred: Sequence[Condition],
             unpaired.append(g)
         else:
             left.remove(match)
-            pairs.append((match, g))
+            same.append((match, g))
     # Gold conditions whose column was not predicted take the leftover predictions in order.
-    pairs.extend(zip(left, unpaired, strict=False))
-    return pairs
+    other = list(zip(left, unpaired, strict=False))
+    return ConditionPairing(same, other, unpaired[len(other):], left[len(other):])
 
 
 def components(pred: str, gold: str) -> dict[str, float]:
@@ -116,7 +129,7 @@ def components(pred: str, gold: str) -> dict[str, float]:
 
 def component_scores(pred: Query, gold: Query) -> dict[str, float]:
     same_count = len(pred.conditions) == len(gold.conditions)
-    pairs = pair_conditions(pred.conditions, gold.conditions)
+    pairs = pair_conditions(pred.conditions, gold.conditions).pairs
     complete = same_count and len(pairs) == len(gold.conditions)
     return {
         "component_aggregation": float([a for a, _, _ in pred.select] == [a for a, _, _ in gold.select]),
@@ -149,7 +162,7 @@ def string_scores(pred: str, gold: str) -> dict[str, float]:
 
 # ---- execution metrics ----------------------------------------------------------------------
 class ExecutionScorer:
-    """Runs predictions on the test suite (medsql.build_suite), caching repeated pairs.
+    """Runs predictions on the test suite (medsql.evaluation.execution), caching repeated pairs.
 
     `suite_dbs[0]` is the demo database (load_suite lists it first): the match there alone is
     the demo-only execution accuracy. The three systems, with and without recovery, often predict
@@ -170,8 +183,6 @@ class ExecutionScorer:
         return self._cache[key]
 
     def _score(self, pred: str, gold: str) -> dict[str, float]:
-        from medsql.evaluation.execution import suite_match
-
         result = suite_match(pred, gold, self.suite_dbs, timeout_s=self.timeout_s)
         if result.gold_error:
             raise RuntimeError(f"gold query fails on the suite ({result.gold_error}): {gold}")
@@ -198,7 +209,7 @@ def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
 
 
-def summarise(scores: Sequence[dict[str, float]], resamples: int = 1000, seed: int = 42,
+def summarise(scores: Sequence[dict[str, float]], resamples: int, seed: int,
               metrics: Iterable[str] | None = None, confidence: float = 0.95) -> dict[str, dict[str, float]]:
     """{metric: {"value", "low", "high"}}: mean over rows and its percentile bootstrap interval."""
     if metrics is None:  # every metric the scores hold, known ones in METRICS order
@@ -223,7 +234,7 @@ def summarise(scores: Sequence[dict[str, float]], resamples: int = 1000, seed: i
 
 
 def paired_difference(scores_a: Sequence[dict[str, float]], scores_b: Sequence[dict[str, float]],
-                      metric: str, resamples: int = 1000, seed: int = 42) -> dict[str, float]:
+                      metric: str, resamples: int, seed: int) -> dict[str, float]:
     """Mean of A minus mean of B on the same rows, with a paired bootstrap 95% interval."""
     if len(scores_a) != len(scores_b):
         raise ValueError(f"paired difference needs the same rows ({len(scores_a)} vs {len(scores_b)})")
@@ -238,11 +249,11 @@ def paired_difference(scores_a: Sequence[dict[str, float]], scores_b: Sequence[d
 
 
 def summarise_by_wording(rows: Sequence[dict[str, Any]], scores: Sequence[dict[str, float]],
-                         resamples: int = 1000, seed: int = 42) -> dict[str, Any]:
+                         resamples: int, seed: int) -> dict[str, Any]:
     """Overall and per-wording summaries; `rows[i]["variant"]` is the wording of `scores[i]`."""
     groups: dict[str, list[dict[str, float]]] = {}
     for row, score in zip(rows, scores, strict=True):
-        groups.setdefault(row.get("variant", "unknown"), []).append(score)
+        groups.setdefault(row["variant"], []).append(score)
     order = [w for w in WORDINGS if w in groups] + sorted(w for w in groups if w not in WORDINGS)
     return {
         "n": len(scores),

@@ -44,13 +44,10 @@ from pathlib import Path
 from rapidfuzz import fuzz, process, utils
 
 from medsql.schema import TABLES
-from medsql.sqlform import Condition, FormError, Query, parse_sql, render_sql
+from medsql.sqlform import CONDITION_IN_WHERE, Condition, FormError, Query, parse_sql, render_sql
 from medsql.util import read_jsonl
 
 _WHERE = re.compile(r"\bWHERE\b", re.IGNORECASE)
-# One condition of the dataset's grammar, as medsql.sqlform reads it.
-_CONDITION = re.compile(
-    r'(?P<col>\w+\."?\w+"?)\s*(?P<op><=|>=|!=|=|<|>)\s*(?P<value>"[^"]*"|\'[^\']*\'|[^\s"\']+)')
 
 # Columns whose values are free text: casing fix, then fuzzy match.
 FUZZY_COLUMNS: dict[str, set[str]] = {
@@ -267,7 +264,7 @@ class ValueIndex:
             return sql
         where = _WHERE.search(sql)
         assert where is not None  # parse_sql found conditions, so there is a WHERE
-        matches = list(_CONDITION.finditer(sql, where.end()))
+        matches = list(CONDITION_IN_WHERE.finditer(sql, where.end()))
         if len(matches) != len(query.conditions):  # cannot happen for parse_sql's grammar
             return render_sql(recovered)
         pieces, last = [], 0
