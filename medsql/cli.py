@@ -1,21 +1,68 @@
-"""The `medsql` command: ask the model, promote models, serve the demo page, run a stage."""
+"""The `medsql` command: ask the model, promote models, serve the demo page.
+
+  medsql ask "how many patients are over 65?"      SQL for a question (latest trained model)
+  medsql promote --version 3 --reason "..."        move the registry's champion alias
+  medsql demo --port 8765                          the comparison page and its JSON API
+
+`medsql <command> --help` says what each reads and writes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+
+log = logging.getLogger(__name__)
+
+
+def beams_arg(text: str) -> int:
+    """--beams: a whole number from 1 to medsql.predictor.MAX_BEAMS."""
+    from medsql.predictor import MAX_BEAMS
+
+    try:
+        beams = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (1 to {MAX_BEAMS})") from None
+    if not 1 <= beams <= MAX_BEAMS:
+        raise argparse.ArgumentTypeError(f"{beams} is out of range: beams go from 1 to {MAX_BEAMS}")
+    return beams
+
+
+def positive_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def window_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= 5000:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 5000 ms")
+    return value
 
 
 def _ask(args: argparse.Namespace) -> int:
     from medsql.predictor import Predictor, PredictorError
+    from medsql.text import QuestionError, check_question
 
     try:
+        # The arguments' own bytes: a byte that is not UTF-8 is named, not turned into a surrogate.
+        question = check_question(os.fsencode(args.question))
         predictor = Predictor.load(args.model)
-        sql = predictor.predict([args.question], num_beams=args.beams)[0]
-    except PredictorError as err:
-        print(f"medsql ask: {err}", file=sys.stderr)
+        sql = predictor.predict([question], num_beams=args.beams)[0]
+    except (PredictorError, QuestionError) as err:
+        log.error("medsql ask: %s", err)
         return 2
-    print(predictor.pretty(sql) if args.pretty else sql)
+    print(predictor.pretty(sql) if args.pretty else sql)  # the command's output
     return 0
 
 
@@ -26,41 +73,87 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from medsql.batching import BatchSettings, ServeLimits, share_of_cores
     from medsql.demo.app import serve
 
-    serve(host=args.host, port=args.port)
+    threads = args.torch_threads or share_of_cores(2)  # two models, side by side
+    limits = ServeLimits(max_in_flight=args.max_in_flight,
+                         batch=BatchSettings(window_ms=args.batch_window_ms, fill_ms=max(args.batch_fill_ms,
+                                                                                         args.batch_window_ms),
+                                             max_batch=args.max_batch,
+                                             max_pending=max(args.max_pending, 2 * args.max_in_flight),
+                                             torch_threads=threads))
+    serve(host=args.host, port=args.port, limits=limits)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medsql", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    from medsql.batching import BatchSettings, ServeLimits
 
-    ask = sub.add_parser("ask", help="translate a question into SQL with a trained model")
-    ask.add_argument("question")
+    parser = argparse.ArgumentParser(prog="medsql", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{ask,promote,demo}")
+
+    ask = sub.add_parser(
+        "ask", help="translate a question into SQL with a trained model",
+        description="Translate one question into SQL and print it (pretty-printed unless --no-pretty). "
+                    "Reads the model (models/medsql, a registry alias, a folder or an MLflow URI); "
+                    "writes nothing. Exit status 2 on a refused question or an unusable model.")
+    ask.add_argument("question", help="the question, in words (at most 400 characters)")
     ask.add_argument(
         "--model", default="latest",
         help="'latest' (models/medsql), 'champion'/'challenger' (registry alias), a model folder, "
              "or an MLflow model URI (models:/name@alias, models:/m-<id>)",
     )
-    ask.add_argument("--beams", type=int, default=None, help="beam size (default: the model's)")
+    ask.add_argument("--beams", type=beams_arg, default=None, help="beam size, 1 to 16 (default: the model's)")
     ask.add_argument("--no-pretty", dest="pretty", action="store_false", help="print the raw SQL line")
     ask.set_defaults(func=_ask)
 
-    promote = sub.add_parser("promote", help="move the registry's champion alias")
+    promote = sub.add_parser(
+        "promote", help="move the registry's champion alias",
+        description="Give the registry's `champion` alias to a model version (refused if its recorded "
+                    "metrics are worse than the champion's, unless --force), or back to the one before.")
     target = promote.add_mutually_exclusive_group(required=True)
     target.add_argument("--version", type=int, help="model version to make champion")
     target.add_argument("--rollback", action="store_true", help="give champion back to the previous one")
+    promote.add_argument("--reason", required=True,
+                         help="why champion moves (recorded on the version with who and when)")
     promote.add_argument("--force", action="store_true", help="promote even if its metrics are worse")
     promote.add_argument("--name", default=None, help="registered model name (default: params.yaml)")
     promote.set_defaults(func=_promote)
 
-    demo = sub.add_parser("demo", help="serve the comparison web page on 127.0.0.1")
+    limits, batch = ServeLimits(), BatchSettings()
+    demo = sub.add_parser(
+        "demo", help="serve the comparison web page on 127.0.0.1",
+        description="Serve the page that puts the baseline's and the champion's SQL side by side, and its "
+                    "JSON API (/api/info, /api/cases, /api/ask). Reads the models, data/mimicsql.db, "
+                    "data/ingested.jsonl and data/suite; writes nothing. Concurrent questions share "
+                    "generation calls; past --max-in-flight a question is refused with 503 and Retry-After.")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--max-in-flight", type=positive_arg, default=limits.max_in_flight,
+                      help=f"questions answered at once; one more is refused (default {limits.max_in_flight})")
+    demo.add_argument("--max-batch", type=positive_arg, default=batch.max_batch,
+                      help=f"most questions in one generation call (default {batch.max_batch})")
+    demo.add_argument("--batch-window-ms", type=window_arg, default=batch.window_ms,
+                      help=f"how long a question waits for others to share its call (default {batch.window_ms:g})")
+    demo.add_argument("--batch-fill-ms", type=window_arg, default=batch.fill_ms,
+                      help="under steady load, how long it may wait for as many as last time "
+                           f"(default {batch.fill_ms:g})")
+    demo.add_argument("--max-pending", type=positive_arg, default=batch.max_pending,
+                      help=f"most questions waiting for generation (default {batch.max_pending}; "
+                           "at least twice --max-in-flight)")
+    demo.add_argument("--torch-threads", type=positive_arg, default=None,
+                      help="torch threads for each model's worker (default: the cores shared between the two)")
     demo.set_defaults(func=_demo)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    from medsql.logs import configure
+
+    args = build_parser().parse_args(argv)
+    configure()
     return args.func(args)
 
 

@@ -10,7 +10,9 @@ A model folder (what the train stage writes) holds the Hugging Face model and to
 
 from __future__ import annotations
 
+import copy
 import json
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,37 @@ import sqlparse
 
 from medsql import paths
 from medsql.evaluation.recovery import ValueIndex
-from medsql.preprocess import model_input, normalise_question
 from medsql.sqlform import FormError, parse_compact, render_sql
+from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, model_input, normalise_question
 
-MAX_QUESTION_CHARS = 500
+__all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Predictor", "PredictorError", "QuestionError", "check_beams"]
+
+# The beam sizes any interface accepts (params.yaml's train.num_beams has the same bounds): beam
+# search costs memory and time in proportion, and past a handful of beams answers stop improving.
+MAX_BEAMS = 16
 
 
 class PredictorError(RuntimeError):
-    """A model that cannot be loaded or a question that cannot be asked (message says which)."""
+    """A model that cannot be loaded or a setting it cannot be asked with (the message says which).
+
+    A question no interface answers is a `medsql.text.QuestionError` instead (a ValueError).
+    """
+
+
+def check_beams(num_beams: object) -> int | None:
+    """None (the model's own beam size) or a whole number of beams from 1 to MAX_BEAMS; else PredictorError."""
+    if num_beams is None:
+        return None
+    try:
+        if isinstance(num_beams, bool):
+            raise TypeError
+        beams = operator.index(num_beams)  # int, or numpy's integers (MLflow's params)
+    except TypeError:
+        raise PredictorError(f"the number of beams must be a whole number from 1 to {MAX_BEAMS}, "
+                             f"not {num_beams!r}") from None
+    if not 1 <= beams <= MAX_BEAMS:
+        raise PredictorError(f"the number of beams must be from 1 to {MAX_BEAMS}, not {beams}")
+    return beams
 
 
 class Predictor:
@@ -51,6 +76,10 @@ class Predictor:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(self.device).eval()
+        # Generation settings live in the model's generation_config, set once here: generate()
+        # passes none, so transformers has nothing to reconcile (and nothing to warn about) per batch.
+        self.model.generation_config = self._generation_settings(self.model.generation_config)
+        self._by_beams: dict[int, Any] = {}
 
     @classmethod
     def from_parts(cls, model, tokenizer, meta: dict[str, Any], values: ValueIndex | None) -> Predictor:
@@ -59,7 +88,25 @@ class Predictor:
         predictor.model_dir, predictor.name = None, meta.get("name", "in-memory")
         predictor.model, predictor.tokenizer, predictor.meta, predictor.values = model, tokenizer, meta, values
         predictor.device = next(model.parameters()).device if model is not None else "cpu"
+        predictor._by_beams = {}  # the model stays as it is: the Trainer generates with it too
         return predictor
+
+    def _generation_settings(self, base):
+        """A copy of `base` (a GenerationConfig) holding the model folder's decoding settings."""
+        settings = copy.deepcopy(base)
+        settings.max_length = None  # a length saved by training would clash with max_new_tokens
+        settings.max_new_tokens = self.meta["max_target_tokens"]
+        settings.num_beams = check_beams(self.meta["num_beams"])
+        return settings
+
+    def generation_config(self, num_beams: int | None = None):
+        """The decoding settings for this beam size (None: the model's own), built once per size."""
+        beams = check_beams(num_beams) or self.meta["num_beams"]
+        if beams not in self._by_beams:
+            settings = self._generation_settings(self.model.generation_config)
+            settings.num_beams = beams
+            self._by_beams[beams] = settings
+        return self._by_beams[beams]
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -70,9 +117,12 @@ class Predictor:
                 raise PredictorError(f"no trained model at {paths.MODEL}; run `dvc repro train` first")
             return cls(paths.MODEL)
         if model in ("champion", "challenger"):
-            from medsql.util import load_params
+            from medsql.config import ConfigError, load_config
 
-            name = load_params().get("register", {}).get("model_name", "medsql")
+            try:
+                name = load_config().register.model_name
+            except ConfigError as err:
+                raise PredictorError(str(err)) from err
             model = f"models:/{name}@{model}"
         if "://" in model or model.startswith(("models:/", "runs:/")):
             return cls(_download_model_dir(model))
@@ -91,14 +141,19 @@ class Predictor:
 
     # ---- answering -----------------------------------------------------------------------
     def model_inputs(self, questions: list[str]) -> list[str]:
+        """Each question checked (medsql.text.check_question: QuestionError if refused) and put in
+        the form the model was trained on."""
+        if isinstance(questions, str | bytes):
+            raise TypeError("questions must be a list of questions, not one string")
         texts = []
-        for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise PredictorError("empty question: ask something, e.g. 'how many patients are over 65?'")
-            if len(q) > MAX_QUESTION_CHARS:
-                raise PredictorError(f"question too long ({len(q)} characters, at most {MAX_QUESTION_CHARS})")
-            question = normalise_question(q, self.meta.get("lowercase_questions", True))
-            texts.append(model_input(question, self.meta["task_prefix"], self.meta.get("schema_context", False)))
+        for number, q in enumerate(questions, 1):
+            try:
+                question = check_question(q)
+            except QuestionError as err:
+                raise (QuestionError(f"question {number} of {len(questions)}: {err}") if len(questions) > 1
+                       else err) from None
+            question = normalise_question(question, self.meta["lowercase_questions"])
+            texts.append(model_input(question, self.meta["task_prefix"], self.meta["schema_context"]))
         return texts
 
     def generate(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
@@ -107,17 +162,14 @@ class Predictor:
 
         from medsql.modeling import decode_compact
 
-        beams = num_beams or self.meta.get("num_beams", 4)
+        settings = self.generation_config(num_beams)
         texts = self.model_inputs(questions)
         outputs: list[str] = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                   truncation=True, max_length=self.meta.get("max_input_tokens", 128))
+                                   truncation=True, max_length=self.meta["max_input_tokens"])
             with torch.inference_mode():
-                generated = self.model.generate(
-                    **batch.to(self.device), num_beams=beams,
-                    max_new_tokens=self.meta.get("max_target_tokens", 128),
-                )
+                generated = self.model.generate(**batch.to(self.device), generation_config=settings)
             for ids in generated.tolist():
                 if self.meta["target_form"] == "compact":
                     outputs.append(decode_compact(self.tokenizer, ids))
@@ -152,16 +204,29 @@ class Predictor:
 
 
 def _download_model_dir(uri: str) -> Path:
-    """Fetch an MLflow pyfunc model logged by the train stage and return its model folder."""
+    """Fetch an MLflow pyfunc model logged by the train stage and return its model folder.
+
+    Only reads the store: resolving an alias creates no experiment, and a store that is absent,
+    down or refusing us is a PredictorError naming its URI (waits bounded as medsql.tracking says).
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from medsql import tracking
 
-    tracking.configure()
     try:
+        store = tracking.use_store()
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as err:  # MLflow raises several types for missing models/aliases
+    except tracking.TrackingError as err:
         raise PredictorError(f"cannot load {uri}: {err}") from err
+    except MlflowException as err:
+        if tracking.is_missing(err):
+            raise PredictorError(f"cannot load {uri}: {err.message} in the MLflow store {store} "
+                                 "(register a model with `dvc repro register`, or promote one with "
+                                 "`medsql promote`)") from err
+        raise PredictorError(f"cannot load {uri}: {tracking.failure(err, store)}") from err
+    except Exception as err:  # artifact stores raise their own types (OSError, requests, boto, ...)
+        raise PredictorError(f"cannot load {uri}: {tracking.failure(err, store)}") from err
     found = sorted(local.rglob("medsql.json"))
     found = [p for p in found if p.parent.name != "baseline"]
     if not found:

@@ -28,23 +28,12 @@ from typing import Any
 from medsql import paths, verdict
 from medsql.config import ConfigError, PreprocessConfig, load_config
 from medsql.logs import configure
-from medsql.schema import TABLES
-from medsql.text import normalise_question
+from medsql.text import model_input, normalise_question
 from medsql.util import atomic_path, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "validation", "test")
-
-
-def schema_context() -> str:
-    return " | tables: " + " ".join(f"{t.lower()}({', '.join(c.lower() for c in cols)})"
-                                   for t, cols in TABLES.items())
-
-
-def model_input(question: str, task_prefix: str, with_schema: bool) -> str:
-    """The text the model reads: task prefix + question (+ the schema, optionally)."""
-    return task_prefix + question + (schema_context() if with_schema else "")
 
 
 def split_of(key: str, seed: int, fractions: dict[str, float]) -> str:

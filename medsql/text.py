@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from medsql.schema import TABLES
+
 # The longest question any interface accepts: the data validation stage's upper bound on question
 # length (params.yaml validate.question_chars) is the same, so nothing the model was trained and
 # validated on is refused, and nothing much longer than it is ever asked.
@@ -55,3 +57,14 @@ def check_question(question: object) -> str:
     if len(question) > MAX_QUESTION_CHARS:
         raise QuestionError(f"the question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}")
     return question
+
+
+def schema_context() -> str:
+    return " | tables: " + " ".join(f"{t.lower()}({', '.join(c.lower() for c in cols)})"
+                                   for t, cols in TABLES.items())
+
+
+def model_input(question: str, task_prefix: str, with_schema: bool) -> str:
+    """The text the model reads: task prefix + question (+ the schema, optionally). The preprocess
+    stage writes it into the splits and the Predictor builds it for every question it is asked."""
+    return task_prefix + question + (schema_context() if with_schema else "")

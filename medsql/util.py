@@ -23,8 +23,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medsql import paths
 
 log = logging.getLogger(__name__)
@@ -34,13 +32,6 @@ STAGING = re.compile(r"^\.(?P<name>.+)\.staging-(?P<pid>\d+)-(?P<host>\w+)-\w+$"
 LEGACY_STAGING = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
 LEGACY_STAGING_AGE_S = 3600  # older than this, no writer can still be using one
 PREVIOUS = ".previous"       # inside a staging folder: the output being replaced, until it is removed
-
-
-def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read params.yaml (or `path`, or $MEDSQL_PARAMS)."""
-    path = Path(path or os.environ.get("MEDSQL_PARAMS") or paths.PARAMS)
-    with open(path) as handle:
-        return yaml.safe_load(handle) or {}
 
 
 def resolve(path: str | os.PathLike) -> Path:

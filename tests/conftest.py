@@ -76,9 +76,8 @@ def tiny_project(tmp_path: Path, real_splits: Path, mimicsql_db: Path, monkeypat
     import yaml
 
     from medsql import paths
-    from medsql.util import load_params
 
-    params = load_params()
+    params = yaml.safe_load(paths.PARAMS.read_text())  # the project's values, edited below
     params["train"].update(epochs=2, eval_every_epochs=1, per_device_batch_size=8, max_train_rows=48,
                            num_beams=2, max_target_tokens=48, bf16=False)
     params["train"]["embedded"] = dict(TINY_SHAPE)
@@ -114,13 +113,13 @@ def briefly_trained_model(tmp_path_factory: pytest.TempPathFactory, real_splits:
 
     import yaml
 
-    from medsql.util import load_params
+    from medsql import paths
 
     root = tmp_path_factory.mktemp("briefly_trained")
     (root / "data").mkdir()
     shutil.copytree(real_splits, root / "data" / "splits")
     (root / "data" / "mimicsql.db").symlink_to(mimicsql_db)
-    params = load_params()
+    params = yaml.safe_load(paths.PARAMS.read_text())
     params["train"].update(max_steps=600, eval_every_epochs=1000, max_wall_minutes=0)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, MEDSQL_ROOT=str(root), MEDSQL_PARAMS=str(root / "params.yaml"),

@@ -9,8 +9,13 @@ exists.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import socket
 import sqlite3
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -174,7 +179,8 @@ def test_dataset_question_shows_gold_matches_and_results(db, dataset):
     # Case and spacing differ from the dataset's wording: the lookup normalises both.
     question = "  How many FEMALE patients   are under 67 years of age? "
     answer = ask(client, question)
-    assert answer["question"] == question.strip()
+    asked = "How many FEMALE patients are under 67 years of age?"  # as medsql.text.check_question has it
+    assert answer["question"] == asked
     gold = answer["gold"]
     assert gold["sql"] == FEMALE_UNDER_67["sql"] and gold["key"] == FEMALE_UNDER_67["key"]
     assert gold["execution"]["ok"] and gold["execution"]["rows"] == [[2]]  # Alice (54) and Fay (30)
@@ -194,7 +200,7 @@ def test_dataset_question_shows_gold_matches_and_results(db, dataset):
     assert bad["execution"]["columns"] == ["NAME"]
     assert bad["execution"]["row_count"] == len(PATIENTS)
     assert sorted(r[0] for r in bad["execution"]["rows"]) == sorted(p[2] for p in PATIENTS)
-    assert champion.asked == [question.strip()]
+    assert champion.asked == [asked]
 
 
 def test_logic_form_match_is_not_exact_match(db, dataset):
@@ -347,3 +353,193 @@ def test_real_trained_model(db, dataset, request):
     assert real["model"] == champion.name and real["error"] is None
     assert real["sql"] and real["pretty"] and real["generation_ms"] > 0
     assert real["match"] is not None and isinstance(real["execution"]["ok"], bool)
+
+
+# ---- invalid input: refused, never crashed on; every error is JSON {"error": ...} ----------------
+
+
+@pytest.mark.parametrize("body, phrase", [
+    (b'{"question": "how many \\ud800 patients?"}', "lone surrogate U+D800"),  # was a plain-text 500
+    (b'{"question": "count\\u0000 patients"}', "control character (U+0000"),  # was answered
+    (b'{"question": "count \\u202e patients"}', "control character (U+202E"),
+])
+def test_invalid_unicode_and_control_characters_are_refused(db, dataset, body, phrase):
+    champion = gold_model()
+    response = client_for(None, champion, db, dataset).post(
+        "/api/ask", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+    assert phrase in response.json()["error"]
+    assert champion.asked == []
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b'{"question": "\xff"}', "application/json"),  # not UTF-8: was 400 {"detail": ...}
+    (b"", "application/json"),
+    (b"question=how+many", "application/x-www-form-urlencoded"),
+    (b'{"question": ["a list"]}', "application/json"),
+])
+def test_unparseable_bodies_are_422_in_the_documented_shape(db, dataset, body, content_type):
+    response = client_for(None, gold_model(), db, dataset).post(
+        "/api/ask", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 422
+    assert list(response.json()) == ["error"]
+    assert 'Send JSON like {"question": "..."}' in response.json()["error"]
+
+
+class BrokenName:
+    @property
+    def name(self) -> str:
+        raise RuntimeError("no name")
+
+    def predict(self, questions: list[str]) -> list[str]:
+        return [LIST_ALL for _ in questions]
+
+
+def test_every_error_is_json_in_one_shape(db, dataset):
+    client = client_for(None, gold_model(), db, dataset)
+    for method, path, status in (("GET", "/no/such/page", 404), ("GET", "/api/ask", 405),
+                                 ("GET", "/static/missing.js", 404)):
+        response = client.request(method, path)
+        assert response.status_code == status and list(response.json()) == ["error"], response.text
+    huge = client.post("/api/ask", content=b'{"question": "' + b"x" * 100_000 + b'"}')
+    assert huge.status_code == 413 and "body is over" in huge.json()["error"]
+    broken = TestClient(create_app(None, BrokenName(), db, dataset, None), raise_server_exceptions=False)
+    response = broken.get("/api/info")
+    assert response.status_code == 500 and response.json() == {
+        "error": "Internal error (RuntimeError); the server log has the details."}
+
+
+# ---- serving under load: shared generation calls, a bound on work, gone clients cost nothing ----
+
+
+class GatedModel(LookupModel):
+    """A LookupModel that records each call; while its gate is closed, a call waits at it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate, self.busy, self.calls = threading.Event(), threading.Event(), []
+
+    def predict(self, questions: list[str]) -> list[str]:
+        self.calls.append(list(questions))
+        self.busy.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().predict(questions)
+
+
+@pytest.fixture()
+def served():
+    """Run an app with uvicorn on a free loopback port in a background thread; yield its port."""
+    import uvicorn
+
+    servers = []
+
+    def start(app) -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return port
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def post(port: int, question: str, timeout_s: float = 60) -> tuple[int, http.client.HTTPMessage, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        connection.request("POST", "/api/ask", body=json.dumps({"question": question}),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.headers, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def in_background(target, *args) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(target(*args)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def wait_for(condition, what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_concurrent_questions_share_generation_calls_and_get_their_own_answers(db, dataset, served):
+    answers = {r["question"]: r["sql"] for r in DATASET}
+    baseline, champion = GatedModel("base", default=LIST_ALL), GatedModel("gold", answers, default=LIST_FEMALE)
+    app = create_app(baseline, champion, db, dataset, None)
+    port = served(app)
+    first = in_background(post, port, "warm up")
+    wait_for(lambda: baseline.busy.is_set() and champion.busy.is_set(), "the first question to reach both")
+    asked = [r["question"] for r in DATASET] * 2 + ["free question one", "free question two"]
+    waiting = [in_background(post, port, q) for q in asked]
+    # Both models' questions wait while each model answers the warm-up.
+    wait_for(lambda: app.state.demo.engine.waiting == 2 * len(asked), "every question to wait")
+    baseline.gate.set()
+    champion.gate.set()
+    for thread, _ in [first, *waiting]:
+        thread.join(30)
+    for question, (_, out) in zip(asked, waiting, strict=True):
+        status, _, body = out[0]
+        assert status == 200 and body["question"] == question
+        assert by_role(body)["champion"]["sql"] == answers.get(question, LIST_FEMALE)
+        assert by_role(body)["baseline"]["batch_size"] == len(asked)
+    # One call per model for everything that waited.
+    assert [len(c) for c in baseline.calls] == [len(c) for c in champion.calls] == [1, len(asked)]
+
+
+def test_past_the_limit_a_question_is_refused_at_once_with_503_and_retry_after(db, dataset, served):
+    from medsql.batching import ServeLimits
+
+    champion = GatedModel("gold", default=LIST_FEMALE)
+    app = create_app(None, champion, db, dataset, None, limits=ServeLimits(max_in_flight=2))
+    port = served(app)
+    kept = [in_background(post, port, f"question {i}") for i in range(2)]
+    wait_for(lambda: app.state.demo.admission.in_flight == 2, "two questions in flight")
+    started = time.monotonic()
+    status, headers, body = post(port, "one question too many")
+    refused_in = time.monotonic() - started
+    assert status == 503 and list(body) == ["error"] and "busy" in body["error"]
+    assert int(headers["Retry-After"]) >= 1
+    assert refused_in < 1.0  # at once, not after the others (a benchmark measures the real figure)
+    champion.gate.set()
+    for thread, out in kept:
+        thread.join(30)
+        assert out[0][0] == 200
+    assert "one question too many" not in champion.asked
+    assert post(port, "after the load")[0] == 200
+
+
+def test_a_question_whose_client_has_gone_is_not_computed(db, dataset, served):
+    champion = GatedModel("gold", default=LIST_FEMALE)
+    app = create_app(None, champion, db, dataset, None)
+    port = served(app)
+    kept = in_background(post, port, "a question someone waits for")
+    wait_for(champion.busy.is_set, "the first question to reach the model")
+    body = json.dumps({"question": "nobody waits for this one"}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /api/ask HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: app.state.demo.engine.waiting == 1, "the second question to wait")
+    # The client has hung up: the server notices and drops its question before generating it.
+    wait_for(lambda: app.state.demo.admission.in_flight == 1, "the server to notice the client left")
+    champion.gate.set()
+    kept[0].join(30)
+    assert kept[1][0][0] == 200
+    assert champion.asked == ["a question someone waits for"]
+    stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=10).read())
+    assert stats["dropped"] == 1 and stats["in_flight"] == 0

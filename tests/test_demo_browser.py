@@ -190,10 +190,12 @@ def test_real_models_answer_on_the_page(page, serve, tmp_path, request):
         notes = ["A model trained briefly by the test (the pipeline has not built one here)."]
         source_db = request.getfixturevalue("mimicsql_db")
         from medsql import ingest
-        from medsql.util import load_params, write_jsonl
+        from medsql.config import load_config
+        from medsql.util import write_jsonl
 
+        cfg = load_config()
         dataset = tmp_path / "ingested.jsonl"
-        write_jsonl(dataset, ingest.ingest(load_params()))
+        write_jsonl(dataset, ingest.ingest(cfg.ingest, cfg.data))
     db = tmp_path / "mimicsql.db"
     shutil.copyfile(source_db, db)
     before = sha256(db)

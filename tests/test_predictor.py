@@ -1,49 +1,144 @@
-"""The Predictor and `medsql ask`: answers, pretty-printing, and clear errors on bad input."""
+"""The Predictor: answers, the same answer batched or alone, and clear errors on bad input or settings.
+
+Most tests use a tiny untrained model folder built here in a second (`untrained_model`): its
+answers are nonsense, but they are the model's, so they show whether batching, beams and input
+checks change them. The `slow` test compares batched and lone answers of a trained model.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
 
-from medsql.predictor import Predictor, PredictorError
-from medsql.sqlform import parse_sql
+from medsql.predictor import MAX_BEAMS, Predictor, PredictorError
+from medsql.sqlform import parse_sql, sql_to_compact
+from medsql.text import MAX_QUESTION_CHARS, QuestionError
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def tiny_model(tiny_project) -> Path:
-    from medsql import paths, train
-    from medsql.util import load_params
-
-    train.run(load_params())
-    return paths.MODEL
-
-
-def test_ask_prints_sql_from_the_latest_model(tiny_model: Path, tiny_project) -> None:
-    root, _, _ = tiny_project
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "medsql.cli", "ask", "how many patients are over 65?",
-                           "--model", str(tiny_model), "--beams", "2"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip()
-    predictor = Predictor(tiny_model)
-    raw = predictor.predict(["how many patients are over 65?"], num_beams=2)[0]
-    assert done.stdout.strip() == Predictor.pretty(raw).strip()
+# Questions of different lengths, so a batch of them is padded.
+QUESTIONS = [
+    "how many patients are over 65?",
+    "count female patients",
+    "what is the average age of patients admitted in an emergency whose primary disease is sepsis?",
+    "list the drugs prescribed to patients with congestive heart failure",
+    "how many male patients are married?",
+    "give me the number of patients whose diagnoses long title is oliguria and anuria?",
+    "average age",
+    "what are the names of female patients older than 65 who were admitted through the emergency room?",
+]
+TINY_SHAPE = {"vocab_size": 600, "d_model": 32, "d_ff": 64, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1,
+              "dropout": 0.0, "copy_mechanism": True}
+SQL = [
+    'SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."AGE" > "65"',
+    'SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F"',
+    'SELECT AVG ( DEMOGRAPHIC."AGE" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."ADMISSION_TYPE" = "EMERGENCY"',
+]
 
 
-def test_empty_or_overlong_question_is_a_clear_error(tiny_model: Path) -> None:
-    predictor = Predictor(tiny_model)
-    with pytest.raises(PredictorError, match="empty question"):
-        predictor.predict(["   "])
-    with pytest.raises(PredictorError, match="too long"):
-        predictor.predict(["x" * 5000])
+def untrained_model(folder: Path, seed: int = 1, num_beams: int = 2, saved_max_length: int | None = None,
+                    db: Path | None = None) -> Path:
+    """A medsql model folder as the train stage writes it, with a tiny T5 (copy head) at initial weights
+    (seed 1 answers the test questions in several different ways).
+
+    `saved_max_length` writes a max_length into generation_config.json, as training can; `db`
+    ships a value index built from that database (values.json).
+    """
+    import torch
+
+    from medsql import modeling
+    from medsql.config import EmbeddedModel
+    from medsql.evaluation.recovery import ValueIndex
+
+    texts = [f"translate to SQL: {q}" for q in QUESTIONS] + [sql_to_compact(s) for s in SQL] * 3
+    torch.manual_seed(seed)
+    tokenizer = modeling.train_tokenizer(texts, TINY_SHAPE["vocab_size"])
+    model = modeling.build_scratch_model(tokenizer, EmbeddedModel(**TINY_SHAPE))
+    if saved_max_length:
+        model.generation_config.max_length = saved_max_length
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    meta = {"name": f"untrained-{seed}", "profile": "embedded", "target_form": "compact",
+            "task_prefix": "translate to SQL: ", "schema_context": False, "lowercase_questions": True,
+            "num_beams": num_beams, "max_input_tokens": 64, "max_target_tokens": 20, "base_model": None}
+    (folder / "medsql.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if db is not None:
+        ValueIndex.build(db).save(folder / "values.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_demo_api import build_tiny_db
+
+    root = tmp_path_factory.mktemp("untrained")
+    return untrained_model(root / "model", db=build_tiny_db(root / "mimicsql.db"))
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model: Path) -> Predictor:
+    return Predictor(tiny_model)
+
+
+@pytest.mark.parametrize("question, phrase", [
+    ("   ", "empty"),
+    ("x" * (MAX_QUESTION_CHARS + 1), f"the limit is {MAX_QUESTION_CHARS}"),
+    ("how many \ud800 patients?", "lone surrogate U+D800"),
+    ("count\x00 patients", "control character (U+0000"),
+    ("count \u200b patients", "control character (U+200B"),
+    (b"how many \xff patients", "not valid UTF-8"),
+    (42, "must be text"),
+])
+def test_refused_questions_are_clear_errors(predictor: Predictor, question, phrase: str) -> None:
+    with pytest.raises(QuestionError, match=re.escape(phrase)):
+        predictor.predict([question])
+
+
+def test_a_refused_question_in_a_batch_is_named(predictor: Predictor) -> None:
+    with pytest.raises(QuestionError, match="question 2 of 3: the question is empty"):
+        predictor.predict(["how many patients?", " ", "count patients"])
+
+
+def test_longest_allowed_question_is_answered(predictor: Predictor) -> None:
+    assert isinstance(predictor.predict(["y" * MAX_QUESTION_CHARS])[0], str)
+
+
+@pytest.mark.parametrize("beams", [-1, 0, MAX_BEAMS + 1, 5000, 2.5, True, "4"])
+def test_beams_outside_1_to_16_are_refused(predictor: Predictor, beams) -> None:
+    # Before the fix -1 crashed inside transformers, 0 silently became the model's 2, and 5000
+    # ran for minutes on gigabytes.
+    with pytest.raises(PredictorError, match="number of beams"):
+        predictor.predict(["how many patients?"], num_beams=beams)
+
+
+def test_every_beam_size_from_1_to_16_is_accepted(predictor: Predictor) -> None:
+    for beams in (1, MAX_BEAMS):
+        assert isinstance(predictor.predict(["how many patients?"], num_beams=beams)[0], str)
+
+
+@pytest.mark.parametrize("beams", [None, 1, 4])
+def test_batched_answers_equal_one_at_a_time(predictor: Predictor, beams) -> None:
+    alone = [predictor.predict([q], num_beams=beams)[0] for q in QUESTIONS]
+    assert predictor.predict(QUESTIONS, num_beams=beams) == alone
+    assert predictor.predict(QUESTIONS, num_beams=beams, batch_size=3) == alone
+    assert len(set(alone)) > 1, "the test model should not answer every question alike"
+
+
+def test_generation_settings_are_set_once_and_nothing_is_warned_per_batch(tmp_path: Path, capfd) -> None:
+    # A max_length saved with the model (training writes one) made transformers warn "Both
+    # `max_new_tokens` and `max_length` seem to have been set" on every batch.
+    predictor = Predictor(untrained_model(tmp_path / "model", saved_max_length=64))
+    settings = predictor.model.generation_config
+    assert settings.max_new_tokens == predictor.meta["max_target_tokens"]
+    assert settings.num_beams == predictor.meta["num_beams"] and settings.max_length is None
+    capfd.readouterr()
+    for beams in (None, 1, 3):
+        predictor.predict(QUESTIONS[:3], num_beams=beams)
+    logged = capfd.readouterr()
+    assert "seem to have been set" not in logged.err + logged.out
+    assert "generation_config" not in logged.err + logged.out  # nor the "passing both" deprecation
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path: Path) -> None:
@@ -51,16 +146,10 @@ def test_missing_model_path_is_a_clear_error(tmp_path: Path) -> None:
         Predictor.load(str(tmp_path / "nowhere"))
     with pytest.raises(PredictorError, match="not a medsql model folder"):
         Predictor(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "medsql.cli", "ask", "count patients", "--model",
-                           str(tmp_path / "nowhere")], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_compact_output_gets_stored_casing_back(tiny_model: Path) -> None:
-    predictor = Predictor(tiny_model)
-    assert predictor.values is not None, "the train stage ships a value index in the model folder"
+def test_compact_output_gets_stored_casing_back(predictor: Predictor) -> None:
+    assert predictor.values is not None
     sql = predictor.to_sql('count_distinct demographic.subject_id where demographic.gender = " f " '
                            'and demographic.admission_type = " emergency "')
     assert parse_sql(sql).conditions[0].value == "F"
@@ -77,3 +166,21 @@ def test_pretty_formats_with_sqlparse() -> None:
 def test_model_folder_metadata_round_trips(tiny_model: Path) -> None:
     meta = json.loads((tiny_model / "medsql.json").read_text())
     assert Predictor(tiny_model).meta == meta
+
+
+@pytest.mark.slow
+def test_trained_model_answers_alike_batched_or_alone(request) -> None:
+    """The pipeline's trained model (else one the train stage trains briefly here) on held-out
+    questions: a padded batch of 16 gives each question the SQL it gets alone."""
+    from medsql import paths
+    from medsql.util import read_jsonl
+
+    if (paths.MODEL / "medsql.json").is_file():
+        predictor = Predictor(paths.MODEL)
+        split = paths.SPLITS / "test.jsonl"
+    else:
+        model_dir = request.getfixturevalue("briefly_trained_model")
+        predictor, split = Predictor(model_dir), model_dir.parent.parent / "data" / "splits" / "test.jsonl"
+    questions = [r["question"] for r in read_jsonl(split)][::20][:32]
+    alone = [predictor.predict([q])[0] for q in questions]
+    assert predictor.predict(questions, batch_size=16) == alone

@@ -74,6 +74,8 @@ function renderPanel(answer) {
 
   const timings = el("div", "timings");
   timings.append(el("span", null, `generation ${ms(answer.generation_ms)}`));
+  if (answer.batch_size > 1) timings.append(el("span", null, `shared with ${answer.batch_size - 1} other question${answer.batch_size === 2 ? "" : "s"}`));
+  if (answer.queued_ms) timings.append(el("span", null, `waited ${ms(answer.queued_ms)}`));
   if (answer.execution) {
     timings.append(el("span", null, `execution ${ms(answer.execution.elapsed_ms)}`));
     if (answer.execution.ok) timings.append(el("span", null, rowsText(answer.execution)));
