@@ -62,7 +62,12 @@ def _ask(args: argparse.Namespace) -> int:
     except (PredictorError, QuestionError) as err:
         log.error("medsql ask: %s", err)
         return 2
-    print(predictor.pretty(sql) if args.pretty else sql)  # the command's output
+    from medsql.explain import explain_sql
+
+    # The command's output: what the SQL means in words (a '--' comment line), then the SQL.
+    reading = explain_sql(sql) or "This SQL is outside the dataset's grammar: no plain-English reading."
+    print(f"-- {reading}")
+    print(predictor.pretty(sql) if args.pretty else sql)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_predictor import untrained_model
 
+from medsql.explain import explain_sql
 from medsql.predictor import Predictor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,10 @@ def test_ask_prints_the_sql_the_predictor_gives(model_dir: Path, tmp_path: Path)
                   cwd=tmp_path)
     assert done.returncode == 0, done.stderr.decode()
     raw = Predictor(model_dir).predict(["how many patients are over 65?"], num_beams=2)[0]
-    assert done.stdout.decode().strip() == Predictor.pretty(raw).strip()
+    reading, sql = done.stdout.decode().split("\n", 1)
+    assert sql.strip() == Predictor.pretty(raw).strip()
+    outside = "This SQL is outside the dataset's grammar: no plain-English reading."
+    assert reading == "-- " + (explain_sql(raw) or outside)
 
 
 @pytest.mark.parametrize("question, phrase", [

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from medsql import paths
 from medsql.demo.app import MAX_QUESTION_CHARS, ROWS_SHOWN, create_app, load_gold
+from medsql.explain import explain_sql
 from medsql.schema import TABLES, column_type
 
 # Real MIMICSQL pairs (natural wording), copied verbatim from the dataset.
@@ -190,6 +191,7 @@ def test_dataset_question_shows_gold_matches_and_results(db, dataset):
     good, bad = answers["champion"], answers["baseline"]
     assert good["model"] == "test-gold-lookup" and good["sql"] == FEMALE_UNDER_67["sql"]
     assert good["pretty"].startswith("SELECT") and "\nFROM DEMOGRAPHIC" in good["pretty"]
+    assert good["explanation"] == explain_sql(good["sql"]) and good["explanation"]  # shown above the SQL
     assert good["match"]["exact"] is True and good["match"]["logic_form"] is True
     assert good["match"]["execution"] is None  # no suite given to this app
     assert good["execution"]["ok"] and good["execution"]["row_count"] == 1

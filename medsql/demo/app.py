@@ -39,6 +39,7 @@ from medsql.batching import Answered, BatchEngine, EngineClosed, Model, Overload
 from medsql.evaluation.execution import load_suite, suite_match
 from medsql.evaluation.metrics import exact_match, logic_form_match
 from medsql.executor import ExecutionResult, execute
+from medsql.explain import explain_sql
 from medsql.predictor import Predictor, PredictorError
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, normalise_question
 from medsql.util import read_jsonl
@@ -318,6 +319,7 @@ class Demo:
         return {
             "sql": record["sql"],
             "pretty": pretty(record["sql"]),
+            "explanation": explain_sql(record["sql"]),
             "key": record.get("key"),
             "variant": record.get("variant"),
             "execution": _execution(execute(self.db_path, record["sql"], timeout_s=EXECUTION_TIMEOUT_S,
@@ -328,7 +330,7 @@ class Demo:
               gold_sql: str | None) -> dict[str, Any]:
         """One model's panel: its SQL, pretty, run on the database, and matched against the gold."""
         out: dict[str, Any] = {
-            "role": role, "model": None, "sql": None, "pretty": None, "generation_ms": None,
+            "role": role, "model": None, "sql": None, "pretty": None, "explanation": None, "generation_ms": None,
             "queued_ms": None, "batch_size": None, "execution": None, "match": None, "error": None,
         }
         if model is None:
@@ -346,6 +348,8 @@ class Demo:
             out["error"] = f"Generation failed: the model returned {type(sql).__name__}, not SQL text."
             return out
         out["sql"], out["pretty"] = sql, pretty(sql)
+        # What the SQL means, in words, shown above it: null when the SQL is outside the grammar.
+        out["explanation"] = explain_sql(sql)
         out["execution"] = _execution(execute(self.db_path, sql, timeout_s=EXECUTION_TIMEOUT_S, max_rows=MAX_ROWS))
         if gold_sql is not None:
             out["match"] = {

@@ -82,6 +82,10 @@ function renderPanel(answer) {
   }
   panel.append(timings);
   if (answer.match) panel.append(matchBadges(answer.match));
+  if (answer.sql !== null) {
+    panel.append(el("p", "explanation", answer.explanation ||
+      "This SQL is outside the dataset's grammar: no plain-English reading, check it with care."));
+  }
   if (answer.pretty !== null) panel.append(el("pre", "sql", answer.pretty));
 
   if (answer.error) {
@@ -113,6 +117,7 @@ function renderGold(gold) {
   }
   const parts = ["from the dataset", gold.variant, gold.key, resultSummary(gold.execution)];
   $("#gold-meta").textContent = parts.filter(Boolean).join(" · ");
+  $("#gold-explanation").textContent = gold.explanation || "";
   $("#gold-sql").textContent = gold.pretty;
   section.hidden = false;
 }
