@@ -42,6 +42,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 RECENT_BATCHES = 3  # how many of a model's batches say how many questions to expect in its next
+IDLE_EXIT_S = 60.0  # a worker with nothing to do for this long ends (the next submission starts one)
 
 
 class Model(Protocol):
@@ -249,7 +250,9 @@ class BatchEngine:
                 while (first := next((job for job in self._queue if job.model == model), None)) is None:
                     if self._closed:
                         return None
-                    self._condition.wait()
+                    if not self._condition.wait(IDLE_EXIT_S) and not any(j.model == model for j in self._queue):
+                        del self._workers[model]  # idle: the next submission starts another
+                        return None
                 filled = self._collect(first, free_since)
                 batch, size = [], 0
                 for job in list(self._queue):

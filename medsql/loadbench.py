@@ -14,8 +14,9 @@ database, gold data and test suite) as a server on 127.0.0.1 in a child process,
 - overload: (a) a burst of `--burst` clients asking back to back for `--burst-seconds`: how
   many are refused and how fast a refusal comes, and how long one more client (asking 20
   questions one by one meanwhile) waits for its answer or refusal; (b) `--abandon` requests whose
-  clients give up after `--abandon-after` seconds, then one more question: how long it waits
-  (work left by clients who have gone should not be done).
+  clients give up after `--abandon-after` seconds, then one more question: how long until it is
+  answered, a refusal retried after its Retry-After (work left by clients who have gone should
+  not be done).
 - memory: the server's resident memory (VmRSS) after warm-up and after every level; `--repeat`
   runs everything again to show whether it grows.
 
@@ -83,6 +84,7 @@ class Outcome:
     status: int            # HTTP status; 0: no answer (timeout, connection error)
     seconds: float
     error: str = ""
+    retry_after_s: float | None = None  # a 503's Retry-After
 
 
 @dataclass
@@ -194,7 +196,9 @@ def ask(port: int, question: str, timeout_s: float) -> Outcome:
         response = connection.getresponse()
         body = response.read()
         error = "" if response.status == 200 else body[:200].decode("utf-8", "replace")
-        return Outcome(response.status, time.monotonic() - started, error)
+        retry = response.getheader("Retry-After")
+        return Outcome(response.status, time.monotonic() - started, error,
+                       float(retry) if retry and retry.isdigit() else None)
     except (OSError, http.client.HTTPException) as err:
         return Outcome(0, time.monotonic() - started, f"{type(err).__name__}: {err}")
     finally:
@@ -261,14 +265,19 @@ def burst(port: int, questions: list[str], clients: int, seconds: float, timeout
 
 
 def abandoned(port: int, questions: list[str], count: int, after_s: float, timeout_s: float) -> dict:
-    """`count` clients that give up after `after_s`, then one more question: its latency."""
+    """`count` clients that give up after `after_s`, then one more question: how long until it is
+    answered (a refusal is retried after its Retry-After, at most twice, as a browser user would)."""
     gave_up = run_level(port, questions, count, count, after_s + 10, after_s)
-    started = time.monotonic()
+    started, refusals = time.monotonic(), 0
     following = ask(port, questions[0], timeout_s)
+    while following.status == 503 and refusals < 2:
+        refusals += 1
+        time.sleep(min(following.retry_after_s or 1.0, 10.0))
+        following = ask(port, questions[0], timeout_s)
     return {"abandoned": sum(o.status == 0 for o in gave_up.outcomes),
             "answered_before_giving_up": sum(o.status == 200 for o in gave_up.outcomes),
             "refused_503": sum(o.status == 503 for o in gave_up.outcomes),
-            "next_question_status": following.status,
+            "next_question_status": following.status, "next_question_refusals": refusals,
             "next_question_ms": _ms(time.monotonic() - started)}
 
 

@@ -212,6 +212,20 @@ def test_a_closed_engine_takes_nothing_more():
         BatchEngine({"model": model}).submit([("other", ["q"])])
 
 
+def test_an_idle_worker_ends_and_the_next_question_starts_another(monkeypatch):
+    from medsql import batching
+
+    monkeypatch.setattr(batching, "IDLE_EXIT_S", 0.2)
+    model = RecordingModel()
+    engine = BatchEngine({"model": model})
+    assert engine.predict("model", ["first"]).outputs == ["recorder:first"]
+    worker = engine._workers["model"]
+    worker.join(5)
+    assert not worker.is_alive() and "model" not in engine._workers
+    assert engine.predict("model", ["second"]).outputs == ["recorder:second"]
+    engine.close()
+
+
 def test_settings_are_checked():
     for bad in ({"window_ms": -1}, {"max_batch": 0}, {"max_pending": 0}, {"window_ms": float("nan")},
                 {"window_ms": 50, "fill_ms": 10}, {"torch_threads": 0}):

@@ -504,6 +504,20 @@ def test_concurrent_questions_share_generation_calls_and_get_their_own_answers(d
     assert [len(c) for c in baseline.calls] == [len(c) for c in champion.calls] == [1, len(asked)]
 
 
+def test_sql_runs_on_a_few_threads_however_many_ask_at_once(db, dataset, served):
+    # The executor keeps each thread's connections open: a thread per request (Starlette's pool
+    # of 40) made the server's memory grow with every burst.
+    from medsql.demo.app import DATABASE_THREADS
+
+    app = create_app(LookupModel("base"), gold_model(), db, dataset, None)
+    port = served(app)
+    asking = [in_background(post, port, r["question"]) for r in DATASET * 8]
+    for thread, out in asking:
+        thread.join(30)
+        assert out[0][0] == 200
+    assert 1 <= len(app.state.demo.database_threads._threads) <= DATABASE_THREADS
+
+
 def test_past_the_limit_a_question_is_refused_at_once_with_503_and_retry_after(db, dataset, served):
     from medsql.batching import ServeLimits
 

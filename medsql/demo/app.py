@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -244,6 +245,7 @@ class Demo:
         self.limits = limits
         self.engine = BatchEngine(models, limits.batch)
         self.database_threads = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="medsql-sql")
+        weakref.finalize(self, self.database_threads.shutdown, wait=False)  # an app dropped without shutdown
         self.admission = Admission(limits.max_in_flight, lambda: self.engine.seconds_per_question * len(
             self.engine.models))
 
