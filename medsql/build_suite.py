@@ -44,6 +44,7 @@ from medsql.evaluation.false_pass import measure_false_pass
 from medsql.evaluation.suite_sources import Column, Sources, load_sources, satisfies, typed
 from medsql.schema import TABLES, column_type, is_numeric
 from medsql.sqlform import Condition, FormError, Query, parse_sql
+from medsql.text import is_number
 from medsql.util import atomic_path, read_jsonl, resolve, write_json
 
 log = logging.getLogger(__name__)
@@ -187,21 +188,13 @@ def neutral_values(sources: Sources, queries: Sequence[Query]) -> dict[Column, A
     for (table, column), conds in conditions.items():
         candidates = [v for v in sources.values(table, column)]
         if is_numeric(table, column):
-            numbers = [float(c.value) for c in conds if _is_number(c.value)]
+            numbers = [float(c.value) for c in conds if is_number(c.value)]
             candidates += [typed(table, column, x + d) for x in numbers for d in (-1, 1)]
         candidates = [v for v in candidates if v is not None]
         if candidates:
             neutral[(table, column)] = min(candidates, key=lambda v: (
                 sum(satisfies(table, column, v, c.op, c.value) for c in conds), str(v)))
     return neutral
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class SyntheticDatabase:

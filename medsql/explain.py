@@ -15,8 +15,9 @@ outside the dataset's grammar has no reading (`explain_sql` returns None): say s
 
 from __future__ import annotations
 
-from medsql.schema import column_type
+from medsql.schema import is_numeric
 from medsql.sqlform import Condition, FormError, Query, parse_sql
+from medsql.text import is_number
 
 # What each column means to a clinician, in the schema's order.
 COLUMN_NAMES: dict[str, dict[str, str]] = {
@@ -115,19 +116,11 @@ def _condition(condition: Condition) -> str:
     if (table, column, condition.op) == ("DEMOGRAPHIC", "EXPIRE_FLAG", "=") and condition.value in ("0", "1"):
         return "death flag is " + ("1 (died)" if condition.value == "1" else "0 (alive)")
     kind = ("time" if (table, column) in TEMPORAL
-            else "number" if column_type(table, column) in ("INTEGER", "REAL") or _is_number(condition.value)
+            else "number" if is_numeric(table, column) or is_number(condition.value)
             else "text")
     words = OPERATOR_WORDS[kind][condition.op]
-    value = condition.value if kind != "text" or _is_number(condition.value) else f'"{condition.value}"'
+    value = condition.value if kind != "text" or is_number(condition.value) else f'"{condition.value}"'
     return f"{COLUMN_NAMES.get(table, {}).get(column, column.lower())} {words} {value}"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _and(items: list[str], word: str = "and") -> str:

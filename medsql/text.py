@@ -34,6 +34,15 @@ def normalise_question(text: str, lowercase: bool = True) -> str:
     return text.lower() if lowercase else text
 
 
+def is_number(text: str) -> bool:
+    """Whether a literal reads as a number ("65", "2164.0")."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_question(question: object) -> str:
     """The question as the model will be asked it (NFC, whitespace collapsed, case kept), or QuestionError."""
     if isinstance(question, bytes | bytearray):

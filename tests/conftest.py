@@ -132,3 +132,37 @@ def briefly_trained_model(tmp_path_factory: pytest.TempPathFactory, real_splits:
 
 
 # ---- end training / predictor ------------------------------------------------------------------
+
+
+# ---- demo (tests/test_demo_api.py, tests/test_demo_browser.py) ---------------------------------
+
+
+@pytest.fixture()
+def served():
+    """Run an app with uvicorn on a free loopback port in a background thread; yield its port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    servers = []
+
+    def start(app) -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return port
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -23,3 +23,15 @@ def make_db(path, diagnoses: list[tuple[str, str, str]]) -> None:
     conn.executemany("INSERT INTO DIAGNOSES (SUBJECT_ID, HADM_ID, SHORT_TITLE) VALUES (?, ?, ?)", diagnoses)
     conn.commit()
     conn.close()
+
+
+def make_admissions_db(path):
+    """A DEMOGRAPHIC table of 3000 admissions (1500 patients, genders alternating, ages 20-89):
+    enough rows for a cross join to run past a time bound."""
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE DEMOGRAPHIC ("SUBJECT_ID" TEXT, "HADM_ID" TEXT, "GENDER" TEXT, "AGE" INTEGER)')
+    conn.executemany("INSERT INTO DEMOGRAPHIC VALUES (?, ?, ?, ?)",
+                     [(str(i // 2), str(1000 + i), "FM"[i % 2], 20 + i % 70) for i in range(3000)])
+    conn.commit()
+    conn.close()
+    return path

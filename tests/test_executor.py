@@ -8,20 +8,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from dbtools import make_admissions_db
 
 from medsql.executor import connect_readonly, execute
 
 
 @pytest.fixture()
 def db(tmp_path) -> Path:
-    path = tmp_path / "t.db"
-    conn = sqlite3.connect(path)
-    conn.execute('CREATE TABLE DEMOGRAPHIC ("SUBJECT_ID" TEXT, "HADM_ID" TEXT, "GENDER" TEXT, "AGE" INTEGER)')
-    conn.executemany("INSERT INTO DEMOGRAPHIC VALUES (?, ?, ?, ?)",
-                     [(str(i // 2), str(1000 + i), "FM"[i % 2], 20 + i % 70) for i in range(3000)])
-    conn.commit()
-    conn.close()
-    return path
+    return make_admissions_db(tmp_path / "t.db")
 
 
 def fingerprint(path: Path) -> tuple[str, int, int]:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dbtools import make_admissions_db
 
 from medsql.executor import (
     MAX_RESULT_BYTES,
@@ -30,14 +31,7 @@ PRINTF_BOMB = "SELECT printf('%.*c', 2000000000, 'x')"
 
 @pytest.fixture()
 def db(tmp_path) -> Path:
-    path = tmp_path / "t.db"
-    conn = sqlite3.connect(path)
-    conn.execute('CREATE TABLE DEMOGRAPHIC ("SUBJECT_ID" TEXT, "HADM_ID" TEXT, "GENDER" TEXT, "AGE" INTEGER)')
-    conn.executemany("INSERT INTO DEMOGRAPHIC VALUES (?, ?, ?, ?)",
-                     [(str(i // 2), str(1000 + i), "FM"[i % 2], 20 + i % 70) for i in range(3000)])
-    conn.commit()
-    conn.close()
-    return path
+    return make_admissions_db(tmp_path / "t.db")
 
 
 def digest(path: Path) -> str:
