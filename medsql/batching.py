@@ -2,20 +2,25 @@
 
 A model answers a batch of questions in little more time than one (beam search runs the batch's
 beams side by side), and a torch model is best driven by one thread. So a `BatchEngine` gives each
-model it serves (the demo's baseline and champion, the pyfunc's one model) one worker thread, its
-lane, and callers hand it jobs (a model, its questions, a beam size) instead of calling the model:
+model it serves (the demo's champion, retrieval baseline and, when asked, zero-shot baseline; the
+pyfunc's one model) one worker thread, its lane, and callers hand it jobs (a model, its questions, a
+beam size) instead of calling the model. A model is asked through `answer(questions)` when it has
+one (the Predictor and the retrieval baseline: each question's `medsql.confidence.Answer`, with its
+confidence and next candidates), else through `predict(questions)` (SQL strings); a job's outputs
+are what the model returned, one per question.
 
 - collection: a model's oldest waiting job waits `window_ms` for others to join it, and under
   steady load up to `fill_ms` until as many questions wait as the model's recent batches held;
   the model's worker then asks it once for the questions of every waiting job of that model and
   beam size, up to `max_batch` questions (a job is never split), and hands each job its answers.
-  The lanes run side by side, so a demo question's two jobs (baseline and champion) are answered
-  at the same time, each in a call shared with the other questions waiting for that model.
+  The lanes run side by side, so a demo question's jobs (one per model) are answered at the same
+  time, each in a call shared with the other questions waiting for that model.
   `torch_threads` sets torch's intra-op threads for the workers: splitting the cores between the
   lanes (one thread each on two cores) keeps them from fighting over the same cores.
 - admission: at most `max_pending` questions wait; a submission that would exceed it is refused at
-  once with `Overloaded` (the demo answers `503` with `Retry-After`) instead of queueing without
-  bound. A submission of more than `max_pending` questions is still taken when nothing waits, so
+  once with `Overloaded` (the demo answers `503` with `Retry-After`, from each lane's recent time
+  per question: the lanes run side by side, so the slowest lane's backlog says when) instead of
+  queueing without bound. A submission of more than `max_pending` questions is still taken when nothing waits, so
   one large batch (offline scoring through the pyfunc) is not refused for its size.
 - dropping: a job whose caller has gone (its future cancelled: the demo cancels when the client
   disconnects) is dropped before its batch runs; nothing is computed for it.
@@ -39,18 +44,34 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from medsql.confidence import Answer
+
 log = logging.getLogger(__name__)
 
 RECENT_BATCHES = 3  # how many of a model's batches say how many questions to expect in its next
 IDLE_EXIT_S = 60.0  # a worker with nothing to do for this long ends (the next submission starts one)
+INITIAL_SECONDS_PER_QUESTION = 0.05  # a lane's time per question before it has answered any
 
 
-class Model(Protocol):
-    """What the engine drives: the Predictor's `name` and `predict(questions)` (and `num_beams=`)."""
+class AnsweringModel(Protocol):
+    """A model that says how sure it is: `answer(questions)` (and `num_beams=`) gives one
+    `medsql.confidence.Answer` per question (the Predictor, the retrieval baseline)."""
+
+    name: str
+
+    def answer(self, questions: list[str]) -> list[Answer]: ...
+
+
+class PredictingModel(Protocol):
+    """A model that only writes SQL: `predict(questions)` (and `num_beams=`) gives one string per
+    question (older models, and tests' stand-ins)."""
 
     name: str
 
     def predict(self, questions: list[str]) -> list[str]: ...
+
+
+Model = AnsweringModel | PredictingModel  # what the engine drives; `answer` is used when there is one
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ class EngineClosed(RuntimeError):
 class Answered:
     """A job's answers, with how its batch ran."""
 
-    outputs: list[str]        # one per question, in order
+    outputs: list[Answer | str]  # one per question, in order: the model's Answers (SQL strings from `predict`)
     generation_ms: float      # the generation call that answered it (shared by its whole batch)
     queued_ms: float          # from submission to the start of that call
     batch_questions: int      # questions in that call
@@ -150,7 +171,7 @@ class BatchEngine:
         self._workers: dict[str, threading.Thread] = {}  # one per model (its lane)
         self._recent: dict[str, deque[int]] = {}  # questions in each model's last few batches
         self._closed = False
-        self._seconds_per_question = 0.05  # a running estimate of generation time, for Retry-After
+        self._seconds_per_question: dict[str, float] = {}  # each lane's recent time per question, for Retry-After
 
     # ---- callers ---------------------------------------------------------------------------
     def submit(self, requests: Sequence[tuple[str, list[str]]], num_beams: int | None = None) -> list[Future]:
@@ -191,8 +212,10 @@ class BatchEngine:
 
     @property
     def seconds_per_question(self) -> float:
-        """Recent generation time per question (a running average over batches)."""
-        return self._seconds_per_question
+        """Recent time per question of the slowest lane (a running average over its batches): the
+        lanes answer side by side, so the slowest says how long a question takes."""
+        with self._condition:
+            return max(self._seconds_per_question.values(), default=INITIAL_SECONDS_PER_QUESTION)
 
     @property
     def waiting(self) -> int:
@@ -318,7 +341,7 @@ class BatchEngine:
             return
         elapsed = time.monotonic() - started
         log.debug("%s: %d questions (%d jobs) in %.0f ms", batch[0].model, len(questions), len(batch), elapsed * 1000)
-        self._learn(elapsed, len(questions))
+        self._learn(batch[0].model, elapsed, len(questions))
         position = 0
         for job in batch:
             answers = outputs[position:position + len(job.questions)]
@@ -345,16 +368,29 @@ class BatchEngine:
         self.stats.failed += 1
         job.future.set_exception(err)
 
-    def _learn(self, elapsed_s: float, questions: int) -> None:
+    def _learn(self, model: str, elapsed_s: float, questions: int) -> None:
         with self._condition:
-            self._seconds_per_question = 0.8 * self._seconds_per_question + 0.2 * elapsed_s / max(1, questions)
+            before = self._seconds_per_question.get(model, INITIAL_SECONDS_PER_QUESTION)
+            self._seconds_per_question[model] = 0.8 * before + 0.2 * elapsed_s / max(1, questions)
 
     def _retry_after(self) -> int:
-        """Whole seconds until what waits now is likely answered (at least 1)."""
-        return max(1, math.ceil(self._pending * self._seconds_per_question))
+        """Whole seconds until what waits now is likely answered (at least 1); the lock is held.
 
-def _call(model: Model, questions: list[str], num_beams: int | None) -> list[str]:
-    outputs = model.predict(questions) if num_beams is None else model.predict(questions, num_beams=num_beams)
+        The lanes work side by side: the longest backlog (questions waiting times time per question) says.
+        """
+        waiting: dict[str, int] = {}
+        for job in self._queue:
+            waiting[job.model] = waiting.get(job.model, 0) + len(job.questions)
+        backlog = max((count * self._seconds_per_question.get(model, INITIAL_SECONDS_PER_QUESTION)
+                       for model, count in waiting.items()), default=0.0)
+        return max(1, math.ceil(backlog))
+
+
+def _call(model: Model, questions: list[str], num_beams: int | None) -> list[Answer | str]:
+    """The model's outputs for these questions: its Answers when it has `answer`, else its SQL."""
+    answer = getattr(model, "answer", None)
+    ask = answer if callable(answer) else model.predict
+    outputs = ask(questions) if num_beams is None else ask(questions, num_beams=num_beams)
     if not isinstance(outputs, list | tuple) or len(outputs) != len(questions):
         got = len(outputs) if isinstance(outputs, list | tuple) else type(outputs).__name__
         raise RuntimeError(f"the model returned {got} outputs for {len(questions)} questions")

@@ -184,8 +184,10 @@ class TrainConfig:
     train_variants: list[str] = _setting(["template", "natural", "natural_v2"])  # wordings trained on
     max_train_rows: int = _setting(0, _non_negative, "must be 0 (all) or positive")  # small: smoke runs
     augment_copies: int = _setting(1, _non_negative, "must be 0 or positive")  # value-swapped copies per pair
+    # New pairs per training pair written from its structure in people's phrasings (medsql.augment).
+    augment_phrasings: int = _setting(1, _non_negative, "must be 0 or positive")
     max_steps: int = _setting(0, _non_negative, "must be 0 (use epochs) or positive")
-    epochs: float = _setting(18, _positive, "must be positive")
+    epochs: float = _setting(9, _positive, "must be positive")
     optimizer: str = _setting("adafactor", *_OPTIMIZER)  # adafactor: updates scaled to each weight's RMS
     learning_rate: float = _setting(0.01, _positive, "must be positive")
     lr_scheduler: str = "cosine"
@@ -200,7 +202,9 @@ class TrainConfig:
     eval_every_epochs: float = _setting(3, _positive, "must be positive")  # validation + checkpoint
     save_total_limit: int = _setting(2, _positive, "must be positive")
     num_beams: int = _setting(4, lambda v: 1 <= v <= 16, "must be between 1 and 16")  # beam size at generation
-    max_wall_minutes: float = _setting(14, _non_negative, "must be 0 (no limit) or positive")
+    max_wall_minutes: float = _setting(15, _non_negative, "must be 0 (no limit) or positive")
+    # Answers whose calibrated confidence is below this are marked uncertain (written into the model folder).
+    min_confidence: float = _setting(0.5, _share, "must be between 0 and 1")
     embedded: EmbeddedModel = _setting(EmbeddedModel())
     reference: ReferenceProfile = _setting(ReferenceProfile())
 
@@ -248,6 +252,9 @@ class EvaluateConfig:
     batch_size: int = _setting(32, _positive, "must be positive")
     baseline: bool = True      # also the base model, zero-shot
     champion: bool = True      # also the registry's current champion, when there is one
+    retrieval: bool = True     # also the retrieval baseline (nearest training question, linked values)
+    # A hand-written question set scored as its own slice (never trained on); null = none.
+    clinician_set: str | None = "evalsets/clinician.jsonl"
     recovery: RecoveryConfig = _setting(RecoveryConfig())
     bootstrap: BootstrapConfig = _setting(BootstrapConfig())
     execution: ExecutionConfig = _setting(ExecutionConfig())
@@ -256,9 +263,9 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class AnalyzeErrorsConfig:
     examples: int = _setting(3, _non_negative, "must be 0 or positive")  # examples per category
-    systems: list[str] = _setting(["model", "baseline", "champion"],
-                                  lambda v: set(v) <= {"model", "baseline", "champion"},
-                                  "must be a list of model, baseline, champion")
+    systems: list[str] = _setting(["model", "retrieval", "baseline", "champion"],
+                                  lambda v: set(v) <= {"model", "retrieval", "baseline", "champion"},
+                                  "must be a list of model, retrieval, baseline, champion")
 
 
 @dataclass(frozen=True)

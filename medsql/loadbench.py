@@ -1,12 +1,17 @@
 """Load benchmark of the demo's JSON API: throughput and latency under concurrent clients, and overload.
 
-    python -m medsql.loadbench                                  # models/medsql and its baseline
+    python -m medsql.loadbench                                  # models/medsql and the retrieval baseline
+    python -m medsql.loadbench --zero-shot                      # ... and the zero-shot baseline too
     python -m medsql.loadbench --model /tmp/devtree/models/medsql --repeat 2
     python -m medsql.loadbench --checkout /tmp/old-checkout     # the same load on another checkout's code
 
-It starts the demo app (`medsql.demo.app.create_app`, the baseline and the trained model, the real
-database, gold data and test suite) as a server on 127.0.0.1 in a child process, and drives
-`POST /api/ask` with 20 realistic questions (15 held-out test questions, the page's 5 cases):
+It starts the demo app (`medsql.demo.app.create_app` with the roles `medsql demo` serves: the
+trained model as champion and the retrieval baseline over data/splits/train.jsonl; the zero-shot
+baseline only with `--zero-shot`; the real database, gold data and test suite) as a server on
+127.0.0.1 in a child process, and drives `POST /api/ask` with 20 realistic questions (15 held-out
+test questions, the page's 5 cases). A checkout whose create_app takes (baseline, champion, ...)
+has no retrieval baseline: it serves the champion (and the zero-shot baseline with `--zero-shot`).
+The report's `roles` are those the server listed.
 
 - levels: 1, 4 and 16 clients (`--clients`), each sending questions back to back, for
   `--requests` answers or `--seconds` per level, whichever ends first. Printed: answers/s, p50,
@@ -53,28 +58,38 @@ CASE_QUESTIONS = [  # medsql.demo.app.CASES, repeated so that another checkout's
     "what is the average age of patients?",
 ]
 
-# The server, run in a child process with the checkout's code on PYTHONPATH. create_app's
-# positional arguments (baseline, champion, db, dataset, suite) are the same in every version;
-# code with medsql.batching is given the limits `medsql demo` gives it.
+# The server, run in a child process with the checkout's code on PYTHONPATH. create_app takes
+# {role: model} first where the demo has the retrieval baseline, (baseline, champion) in older
+# code; db, dataset and suite follow in every version. Code with medsql.batching is given the
+# limits `medsql demo` gives it (torch threads shared between the torch models).
 SERVER = """
 import inspect, json, os, sys
 import uvicorn
 if os.environ.get("MEDSQL_LOG_LEVEL"):
     from medsql.logs import configure
     configure()
-from medsql.demo.app import create_app
+from medsql.demo import app as demo
 from medsql.predictor import Predictor
 cfg = json.loads(sys.argv[1])
 champion = Predictor(cfg["model"])
 baseline = Predictor(cfg["baseline"]) if cfg["baseline"] else None
+parameters = inspect.signature(demo.create_app).parameters
+if "models" in parameters:
+    models = {"champion": champion}
+    if cfg["retrieval"]:
+        models["retrieval"] = demo.load_retrieval(champion, cfg["train_split"], cfg["db"])
+    if baseline is not None:
+        models["baseline"] = baseline
+    first = (models,)
+else:
+    first = (baseline, champion)
 limits = {}
-if "limits" in inspect.signature(create_app).parameters:  # the serving limits `medsql demo` sets
+if "limits" in parameters:  # the serving limits `medsql demo` sets
     from medsql.batching import BatchSettings, ServeLimits, share_of_cores
     threads = cfg["torch_threads"] or share_of_cores(2 if baseline else 1)
     given = {k: cfg[k] for k in ("window_ms", "max_batch") if cfg[k] is not None}
     limits = {"limits": ServeLimits(batch=BatchSettings(torch_threads=threads, **given))}
-app = create_app(baseline, champion, cfg["db"], cfg["dataset"], cfg["suite"], examples_path=cfg["examples"],
-                 **limits)
+app = demo.create_app(*first, cfg["db"], cfg["dataset"], cfg["suite"], examples_path=cfg["examples"], **limits)
 uvicorn.run(app, host="127.0.0.1", port=cfg["port"], log_level="warning")
 """
 
@@ -131,9 +146,11 @@ class Server:
     """The demo app in a child process on a free loopback port."""
 
     def __init__(self, checkout: Path, model: Path, baseline: Path | None, startup_s: float,
-                 torch_threads: int | None = None, window_ms: float | None = None, max_batch: int | None = None):
+                 torch_threads: int | None = None, window_ms: float | None = None, max_batch: int | None = None,
+                 retrieval: bool = True):
         self.port = _free_port()
-        config = {"model": str(model), "baseline": str(baseline) if baseline else None, "db": str(paths.DB),
+        config = {"model": str(model), "baseline": str(baseline) if baseline else None, "retrieval": retrieval,
+                  "train_split": str(paths.SPLITS / "train.jsonl"), "db": str(paths.DB),
                   "dataset": str(paths.INGESTED), "suite": str(paths.SUITE),
                   "examples": str(paths.SPLITS / "test.jsonl"), "port": self.port, "torch_threads": torch_threads,
                   "window_ms": window_ms, "max_batch": max_batch}
@@ -286,11 +303,14 @@ def abandoned(port: int, questions: list[str], count: int, after_s: float, timeo
 
 def bench(args: argparse.Namespace) -> dict:
     questions = realistic_questions(paths.SPLITS / "test.jsonl")
-    baseline = None if args.no_baseline else (args.baseline or args.model / "baseline")
+    baseline = (args.baseline or args.model / "baseline") if args.zero_shot else None
     started = time.monotonic()
     server = Server(args.checkout, args.model, baseline, args.startup_seconds, args.torch_threads,
-                    args.batch_window_ms, args.max_batch)
-    report: dict = {"checkout": str(args.checkout), "model": str(args.model), "baseline": str(baseline),
+                    args.batch_window_ms, args.max_batch, retrieval=not args.no_retrieval)
+    info = server.get("/api/info")[1]
+    report: dict = {"checkout": str(args.checkout), "model": str(args.model),
+                    "baseline": str(baseline) if baseline else None,
+                    "roles": info.get("roles") or [role for role, name in info.get("models", {}).items() if name],
                     "torch_threads": args.torch_threads, "batch_window_ms": args.batch_window_ms,
                     "max_batch": args.max_batch, "questions": len(questions), "rounds": []}
     try:
@@ -329,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medsql.loadbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=paths.MODEL, help="trained model folder (default: models/medsql)")
-    parser.add_argument("--baseline", type=Path, default=None, help="baseline folder (default: <model>/baseline)")
-    parser.add_argument("--no-baseline", action="store_true", help="serve the champion alone")
+    parser.add_argument("--zero-shot", action="store_true",
+                        help="also serve the zero-shot baseline (as `medsql demo --zero-shot`)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="the zero-shot baseline's folder, with --zero-shot (default: <model>/baseline)")
+    parser.add_argument("--no-retrieval", action="store_true", help="serve no retrieval baseline")
     parser.add_argument("--checkout", type=Path, default=paths.ROOT,
                         help="whose code serves (default: this checkout); data always comes from this one")
     parser.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16],

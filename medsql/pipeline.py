@@ -14,8 +14,8 @@ every module of the package it imports (`import medsql...`, `from medsql... impo
 at module level or inside functions, transitively, read with `ast` (nothing is imported). Imports under
 `if TYPE_CHECKING:` never run and do not count. A package's `__init__.py` counts when it runs code
 (anything but a docstring and constants) or when a name is imported from it. Some modules also read
-versioned files at run time (`RUNTIME_READS`: the GX context that medsql.validate opens). Deps name
-files, never a package folder: a folder dep reruns the stage when any file in it changes and hides
+versioned files at run time (`RUNTIME_READS`: the GX context that medsql.validate opens, the linker's
+lexicon). Deps name files, never a package folder: a folder dep reruns the stage when any file in it changes and hides
 what the stage uses.
 """
 
@@ -51,6 +51,7 @@ def _gx_context(root: Path) -> tuple[str, ...]:
 RUNTIME_READS = {
     "medsql/validate.py": _gx_context,
     "medsql/train.py": lambda _root: ("medsql/serving.py",),
+    "medsql/linking.py": lambda _root: ("medsql/resources/lexicon.yaml",),  # the clinical lexicon
 }
 
 

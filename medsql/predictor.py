@@ -6,6 +6,12 @@ goes through `Predictor`, so a model answers the same wherever it is asked.
 A model folder (what the train stage writes) holds the Hugging Face model and tokenizer plus
 `medsql.json` (how to build inputs and read outputs) and, for the compact target form,
 `values.json` (a ValueIndex: the literal values whose casing a lower-case output gets back).
+
+`answer` is what interfaces show: the beam's candidates are decoded, the best one the database can
+stand behind is taken (medsql.grounding: inside the grammar, type-correct, literals that exist or
+that the linker proposed), and it carries a confidence (medsql.confidence, calibrated on the
+validation split into the folder's `confidence.json`) and the next candidates. `predict` gives the
+SQL of those answers.
 """
 
 from __future__ import annotations
@@ -19,16 +25,19 @@ from typing import Any
 
 import sqlparse
 
-from medsql import paths
+from medsql import grounding, paths
+from medsql.confidence import Answer, Calibration, features, uncalibrated
 from medsql.evaluation.recovery import ValueIndex
+from medsql.linking import Linker
 from medsql.sqlform import FormError, parse_compact, render_sql
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, model_input, normalise_question
 
-__all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Predictor", "PredictorError", "QuestionError", "check_beams"]
+__all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorError", "QuestionError", "check_beams"]
 
 # The beam sizes any interface accepts (params.yaml's train.num_beams has the same bounds): beam
 # search costs memory and time in proportion, and past a handful of beams answers stop improving.
 MAX_BEAMS = 16
+ALTERNATIVES = 2  # next candidates an answer carries beside its SQL
 
 
 class PredictorError(RuntimeError):
@@ -80,6 +89,8 @@ class Predictor:
         # passes none, so transformers has nothing to reconcile (and nothing to warn about) per batch.
         self.model.generation_config = self._generation_settings(self.model.generation_config)
         self._by_beams: dict[int, Any] = {}
+        self.calibration = Calibration.load(model_dir)
+        self._linker: Linker | None = None
 
     @classmethod
     def from_parts(cls, model, tokenizer, meta: dict[str, Any], values: ValueIndex | None) -> Predictor:
@@ -89,7 +100,25 @@ class Predictor:
         predictor.model, predictor.tokenizer, predictor.meta, predictor.values = model, tokenizer, meta, values
         predictor.device = next(model.parameters()).device if model is not None else "cpu"
         predictor._by_beams = {}  # the model stays as it is: the Trainer generates with it too
+        predictor.calibration, predictor._linker = None, None
         return predictor
+
+    @property
+    def linker(self) -> Linker | None:
+        """The value linker over the folder's values (built on first use; None without values.json)."""
+        if self._linker is None and self.values is not None:
+            self._linker = Linker(self.values)
+        return self._linker
+
+    @property
+    def min_confidence(self) -> float:
+        """Answers below this confidence are marked uncertain (train.min_confidence, as the folder records it;
+        a folder from before it was recorded gets the setting's default)."""
+        if self.meta.get("min_confidence") is None:
+            from medsql.config import TrainConfig
+
+            return TrainConfig().min_confidence
+        return float(self.meta["min_confidence"])
 
     def _generation_settings(self, base):
         """A copy of `base` (a GenerationConfig) holding the model folder's decoding settings."""
@@ -105,6 +134,9 @@ class Predictor:
         if beams not in self._by_beams:
             settings = self._generation_settings(self.model.generation_config)
             settings.num_beams = beams
+            settings.num_return_sequences = beams  # every candidate: grounded decoding chooses among them
+            settings.return_dict_in_generate = True
+            settings.output_scores = True
             self._by_beams[beams] = settings
         return self._by_beams[beams]
 
@@ -157,25 +189,33 @@ class Predictor:
         return texts
 
     def generate(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
-        """Raw decoded model outputs (compact form or SQL, per the model's target form)."""
+        """Raw decoded model outputs, the top candidate of each (compact form or SQL, per the target form)."""
+        return [candidates[0][0] for candidates in self.candidates(questions, num_beams, batch_size)]
+
+    def candidates(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32
+                   ) -> list[list[tuple[str, float]]]:
+        """Every beam's decoded output with its length-normalised log-probability, best first."""
         import torch
 
         from medsql.modeling import decode_compact
 
         settings = self.generation_config(num_beams)
         texts = self.model_inputs(questions)
-        outputs: list[str] = []
+        per_question = settings.num_return_sequences
+        out: list[list[tuple[str, float]]] = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                                    truncation=True, max_length=self.meta["max_input_tokens"])
             with torch.inference_mode():
                 generated = self.model.generate(**batch.to(self.device), generation_config=settings)
-            for ids in generated.tolist():
-                if self.meta["target_form"] == "compact":
-                    outputs.append(decode_compact(self.tokenizer, ids))
-                else:
-                    outputs.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
-        return outputs
+                scores = _sequence_scores(self.model, generated, settings.num_beams)
+            decoded = [decode_compact(self.tokenizer, ids) if self.meta["target_form"] == "compact"
+                       else self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                       for ids in generated.sequences.tolist()]
+            for first in range(0, len(decoded), per_question):
+                out.append(list(zip(decoded[first:first + per_question], scores[first:first + per_question],
+                                    strict=True)))
+        return out
 
     def to_sql(self, output: str, question: str | None = None) -> str:
         """A decoded output as SQL in the dataset's form (compact outputs are expanded).
@@ -194,13 +234,59 @@ class Predictor:
 
     def predict(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32,
                 recover: bool = True) -> list[str]:
-        """SQL for each question; `recover=False` gives the model's output without value recovery."""
-        outputs = self.generate(questions, num_beams, batch_size)
-        return [self.to_sql(o, q if recover else None) for o, q in zip(outputs, questions, strict=True)]
+        """SQL for each question (the `answer`s' SQL); `recover=False`: without value recovery."""
+        return [a.sql if recover else a.raw_sql for a in self.answer(questions, num_beams, batch_size)]
+
+    def answer(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[Answer]:
+        """Each question's Answer: the best grounded candidate, its confidence, the next candidates."""
+        return [self._answer(question, candidates) for question, candidates
+                in zip(questions, self.candidates(questions, num_beams, batch_size), strict=True)]
+
+    def _answer(self, question: str, candidates: list[tuple[str, float]]) -> Answer:
+        links = self.linker.link(question) if self.linker is not None else []
+        raw = [self.to_sql(output) for output, _ in candidates]
+        recovered = [self.to_sql(output, question) for output, _ in candidates]
+        chosen, problems = grounding.choose(recovered, self.values, links)
+        # Candidates that read the same once recovered are one answer: the next distinct one is the rival.
+        distinct = list(dict.fromkeys(recovered))
+        logprobs = {sql: max(lp for (_, lp), r in zip(candidates, recovered, strict=True) if r == sql)
+                    for sql in distinct}
+
+        def described(sql: str, passed_over: bool) -> dict[str, float]:
+            rivals = [logprobs[other] for other in distinct if other != sql]
+            return features(logprobs[sql], max(rivals) if rivals else None,
+                            not grounding.problems(sql, self.values, links), passed_over)
+
+        def confidence(values: dict[str, float]) -> float:
+            return round(self.calibration.probability(values) if self.calibration else uncalibrated(values), 4)
+
+        sql = recovered[chosen]
+        chosen_features = described(sql, chosen > 0)
+        score = confidence(chosen_features)
+        others = [other for other in distinct if other != sql][:ALTERNATIVES]
+        return Answer(sql=sql, raw_sql=raw[chosen], confidence=score, uncertain=score < self.min_confidence,
+                      grounded=not problems, problems=tuple(problems), chosen=chosen, top_sql=recovered[0],
+                      alternatives=tuple((other, confidence(described(other, other != recovered[0])))
+                                         for other in others),
+                      calibrated=self.calibration is not None, features=chosen_features)
 
     @staticmethod
     def pretty(sql: str) -> str:
         return sqlparse.format(sql, reindent=True, keyword_case="upper")
+
+
+def _sequence_scores(model, generated, beams: int) -> list[float]:
+    """Each returned sequence's log-probability per token (beam search's own length-normalised score)."""
+    if beams > 1 and getattr(generated, "sequences_scores", None) is not None:
+        return [float(v) for v in generated.sequences_scores.tolist()]
+    steps = model.compute_transition_scores(generated.sequences, generated.scores, normalize_logits=True)
+    scores = []
+    for row in steps:
+        finite = row[row.isfinite()]
+        # Padding after the end of a sequence scores 0: the mean runs over its real tokens.
+        real = finite[finite != 0]
+        scores.append(float(real.mean()) if len(real) else 0.0)
+    return scores
 
 
 def _download_model_dir(uri: str) -> Path:

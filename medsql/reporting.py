@@ -22,9 +22,9 @@ from medsql.evaluation.metrics import COMPONENTS, HEADLINE_METRICS, METRICS, WOR
 from medsql.text import collapse_whitespace
 from medsql.util import atomic_path
 
-SYSTEM_ORDER = ["model", "baseline", "champion"]
-SYSTEM_LABELS = {"model": "Fine-tuned model", "baseline": "Base model, zero-shot",
-                 "champion": "Registry champion"}
+SYSTEM_ORDER = ["model", "retrieval", "baseline", "champion"]
+SYSTEM_LABELS = {"model": "Fine-tuned model", "retrieval": "Retrieval baseline",
+                 "baseline": "Base model, zero-shot", "champion": "Registry champion"}
 WORDING_LABELS = {"template": "template questions (machine-written)",
                   "natural": "questions written by people",
                   "natural_v2": "people's questions, revised wording"}
@@ -157,11 +157,13 @@ class _Evaluation:
         return set().union(*[self.wordings[s] for s in self.names])
 
 
-def evaluation_report(detail: dict[str, Any], metrics_chart: str, wording_chart: str) -> str:
+def evaluation_report(detail: dict[str, Any], metrics_chart: str, wording_chart: str,
+                      risk_chart: str | None = None) -> str:
     """reports/evaluation.md from eval_detail.json; the charts are named relative to reports/figures."""
     ev = _Evaluation(detail)
-    sections = [_opening(ev), _recovery_comparison(ev), _all_metrics(ev), _per_wording(ev), _differences(ev),
-                _why_the_suite(ev), _charts(metrics_chart, wording_chart), _definitions(ev)]
+    sections = [_opening(ev), _trust(ev, risk_chart), _clinician(ev), _linking(ev), _recovery_comparison(ev),
+                _all_metrics(ev), _per_wording(ev), _differences(ev), _why_the_suite(ev),
+                _charts(metrics_chart, wording_chart), _definitions(ev)]
     return "\n".join(line for section in sections for line in section)
 
 
@@ -190,6 +192,71 @@ def _opening(ev: _Evaluation) -> list[str]:
         f"is {'on' if ev.form == 'recovered' else 'off'} in these figures; the table below shows both.",
         "",
     ]
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _trust_rows(trust: dict[str, Any], names: list[str]) -> list[list[str]]:
+    rows = []
+    for s in names:
+        t = trust.get(s)
+        if not t:
+            continue
+        g = t["grounding"]
+        rows.append([SYSTEM_LABELS.get(s, s), _figure(t["accuracy"]), _figure(t.get("accuracy_at_80_coverage")),
+                     _figure(t.get("accuracy_at_90_coverage")), _figure(t["at_threshold"]["coverage"]),
+                     _figure(t["at_threshold"]["accuracy_of_answers_given"]),
+                     f"{g['changed']} ({g['better']} better, {g['worse']} worse)", str(g["no_candidate_qualified"])])
+    return rows
+
+
+TRUST_HEAD = ["system", "right", "right at 80% coverage", "right at 90% coverage", "answered at the threshold",
+              "right among those answered", "grounding changed the answer", "no candidate grounded"]
+
+
+def _trust(ev: _Evaluation, risk_chart: str | None) -> list[str]:
+    """How far an answer can be trusted: confidence (risk-coverage) and grounded decoding."""
+    trust = ev.detail.get("trust")
+    if not trust:
+        return []
+    lines = ["## How sure: confidence and grounding (test split)", "",
+             "Every answer carries a confidence. Answering only the most confident share of the questions "
+             "(the coverage) should raise the share of right answers; below the model's threshold an answer "
+             "is marked uncertain. Grounded decoding takes the best beam candidate that is inside the grammar, "
+             "type-correct and names values the database holds; the last columns count how often it changed "
+             "the top beam's answer (for the better or the worse) and how often no candidate qualified.", ""]
+    lines += table(TRUST_HEAD, _trust_rows(trust, ev.names))
+    if risk_chart:
+        lines += ["", f"![risk-coverage](figures/{risk_chart})"]
+    return lines + [""]
+
+
+def _clinician(ev: _Evaluation) -> list[str]:
+    clinician = ev.detail.get("clinician")
+    if not clinician:
+        return []
+    names = [s for s in ev.names if s in clinician["systems"]]
+    rows = [[SYSTEM_LABELS.get(s, s), pct(clinician["systems"][s].get("execution_accuracy")),
+             pct(clinician["systems"][s].get("logic_form_accuracy"))] for s in names]
+    lines = ["## Questions asked the way hospital staff ask", "",
+             f"{clinician['rows']} hand-written questions ({clinician['path']}): abbreviations, lay terms, "
+             "over/under/at least, other verbs; never used for training or for choosing checkpoints.", ""]
+    lines += table(["system", "right answer (test-suite execution)", "writes the reference query"], rows)
+    lines += ["", "Confidence and grounding on these questions:", ""]
+    return lines + table(TRUST_HEAD, _trust_rows(clinician["trust"], names)) + [""]
+
+
+def _linking(ev: _Evaluation) -> list[str]:
+    linking = ev.detail.get("linking")
+    if not linking:
+        return []
+    rows = [[WORDING_LABELS.get(w, w), _figure(v["recall"]), str(v["gold_literals"])] for w, v in linking.items()]
+    return (["## Value linking", "",
+             "Share of the reference queries' text values (diagnoses, drugs, routes, locations, ...) that the "
+             "linker finds among its candidates for the question, before any model runs.", ""]
+            + table(["wording", "linker recall", "values"], rows) + [""])
 
 
 def _recovery_comparison(ev: _Evaluation) -> list[str]:
@@ -286,6 +353,37 @@ def draw_evaluation_charts(detail: dict[str, Any], metrics_png: Path, wording_pn
                                         for s in ev.names])
             _percent_axis(ax)
             ax.set_title(metric)
+
+
+def draw_risk_coverage(detail: dict[str, Any], path: Path) -> None:
+    """Accuracy against coverage per system, on the test split and (dashed) the clinician set."""
+    slices = [("test split", detail.get("trust", {}), "-")]
+    if detail.get("clinician"):
+        slices.append(("clinician set", detail["clinician"]["trust"], "--"))
+    with chart(path, (8, 5)) as ax:
+        for label, trust, style in slices:
+            for s, figures in trust.items():
+                points = figures["risk_coverage"]
+                ax.plot([p["coverage"] * 100 for p in points], [p["accuracy"] * 100 for p in points], style,
+                        label=f"{SYSTEM_LABELS.get(s, s)}, {label}")
+        ax.set_xlim(0, 100)
+        _percent_axis(ax)
+        ax.set_xlabel("coverage: % of questions answered, most confident first")
+        ax.set_ylabel("% of the answered that are right")
+        ax.set_title("Risk-coverage")
+        ax.legend(fontsize=7)
+
+
+def risk_coverage_rows(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """`dvc plots` data of the risk-coverage curves: one row per (slice, system, point)."""
+    rows = []
+    slices = [("test", detail.get("trust", {}))] + (
+        [("clinician", detail["clinician"]["trust"])] if detail.get("clinician") else [])
+    for name, trust in slices:
+        for s, figures in trust.items():
+            rows += [{"curve": f"{name} | {s}", "slice": name, "system": s, "coverage": p["coverage"],
+                      "accuracy": p["accuracy"], "threshold": p["threshold"]} for p in figures["risk_coverage"]]
+    return rows
 
 
 def _percent_axis(ax: Any) -> None:

@@ -3,6 +3,11 @@
 Two profiles (params.yaml `train.profile`):
 - embedded (default): a small T5 from a T5Config, trained from scratch on CPU with a tokenizer
   trained on the training split; targets in the compact form (medsql.sqlform).
+
+The training pairs are augmented (deterministically, from `train.seed`): value-swapped copies
+(`augment_copies`) and pairs in people's phrasings written from each pair's structure
+(`augment_phrasings`, medsql.augment). After training, the answers' confidence is calibrated on
+the validation split (medsql.confidence) and shipped in the model folder.
 - reference: a pretrained checkpoint (`google/flan-t5-base`, or any hub id / local folder) with
   LoRA adapters (peft) and the reference design's hyper-parameters; bf16 on CUDA.
 
@@ -30,6 +35,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,8 +51,9 @@ log = logging.getLogger(__name__)
 HELP = """reads:  params.yaml (train.*, preprocess.*; or $MEDSQL_PARAMS); data/splits/train.jsonl and
         validation.jsonl; data/mimicsql.db (the values literals may take, when present);
         checkpoints/<fingerprint>/ (a killed run's checkpoints: resumed from)
-writes: models/medsql/ (model, tokenizer, medsql.json, values.json, baseline/, mlflow.json; swapped in
-        whole); metrics/train.json, metrics/train_curve.csv, metrics/validation_curve.csv,
+writes: models/medsql/ (model, tokenizer, medsql.json, values.json, confidence.json (the confidence
+        calibration, fitted on the validation split), baseline/, mlflow.json; swapped in whole);
+        metrics/train.json, metrics/train_curve.csv, metrics/validation_curve.csv,
         reports/figures/train_curve.png; an MLflow run ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db);
         checkpoints/<fingerprint>/ while training (removed when the run finishes)
 on start, after a kill: sets a half-written checkpoint aside (checkpoints/<fingerprint>.set-aside/) and
@@ -73,7 +80,7 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     tracking.configure()
     recover_interrupted()
     set_seed(train.seed)
-    rows, val_rows, values = load_data(train)
+    rows, val_rows, values, added = load_data(train, preprocess)
     model, tokenizer = build(train, rows)
     train_ds, val_ds = encode(rows, tokenizer, train), encode(val_rows, tokenizer, train)
     meta = model_meta(train, preprocess)
@@ -84,7 +91,11 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
         mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
         trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values)
         summary, history = fit(trainer, run_dir)
-        save_outputs(trainer.model, tokenizer, train, rows, meta, values, summary, history, active.info.run_id)
+        summary["augmentation"] = added
+        calibration = calibrate(trainer.model, tokenizer, meta, values, val_rows)
+        summary["calibration_brier"] = calibration.brier if calibration else None
+        save_outputs(trainer.model, tokenizer, train, rows, meta, values, summary, history, active.info.run_id,
+                     calibration)
     write_json(paths.METRICS / "train.json", summary)
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints have served
     shutil.rmtree(set_aside_dir(run_dir), ignore_errors=True)
@@ -102,8 +113,11 @@ def recover_interrupted() -> None:
     end_abandoned_runs()
 
 
-def load_data(train: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
-    """Training rows (with the value-swapped copies), validation rows, and the ValueIndex (or None)."""
+def load_data(train: TrainConfig, preprocess: PreprocessConfig
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any, dict[str, Any]]:
+    """Training rows (with the value-swapped copies and the new phrasings), validation rows, the
+    ValueIndex (or None), and counts of what augmentation added."""
+    from medsql.augment import phrasings
     from medsql.evaluation.recovery import ValueIndex
 
     rows = load_rows("train", train.train_variants, train.max_train_rows)
@@ -113,11 +127,18 @@ def load_data(train: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     # The values literals may take, shipped in the model folder for casing and value recovery:
     # real demo tables, code dictionaries and the training split's literals, never the suite.
     values = ValueIndex.build(paths.DB, paths.SPLITS / "train.jsonl") if paths.DB.is_file() else None
+    added: dict[str, Any] = {}
+    base = rows
     if train.augment_copies:
-        extra = swap_values(rows, values, train.augment_copies, train.seed)
-        log.info("%d value-swapped copies added to %d training pairs", len(extra), len(rows))
-        rows = rows + extra
-    return rows, val_rows, values
+        extra = swap_values(base, values, train.augment_copies, train.seed)
+        log.info("%d value-swapped copies added to %d training pairs", len(extra), len(base))
+        rows, added["value_swapped_copies"] = rows + extra, len(extra)
+    if train.augment_phrasings:
+        extra, stats = phrasings(base, values, train.augment_phrasings, train.seed, preprocess.task_prefix,
+                                 preprocess.lowercase_questions, preprocess.schema_context)
+        log.info("%d pairs in new phrasings added (%s)", len(extra), stats)
+        rows, added["phrasings"] = rows + extra, stats
+    return rows, val_rows, values, added
 
 
 def load_rows(split: str, variants: list[str] | None = None, limit: int = 0) -> list[dict[str, Any]]:
@@ -215,6 +236,7 @@ def model_meta(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, An
         "schema_context": preprocess.schema_context,
         "lowercase_questions": preprocess.lowercase_questions,
         "num_beams": train.num_beams,
+        "min_confidence": train.min_confidence,
         "max_input_tokens": train.max_input_tokens,
         "max_target_tokens": train.max_target_tokens,
         "base_model": train.reference.base_model if train.profile == "reference" else None,
@@ -349,13 +371,33 @@ def fit(trainer, run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return summary, history
 
 
+def calibrate(model, tokenizer, meta: dict[str, Any], values, val_rows: list[dict[str, Any]]):
+    """The confidence calibration (medsql.confidence), fitted on the validation split: whether each
+    answer's logic form (with value recovery) is right, from what decoding knew. None without rows."""
+    from medsql.confidence import Calibration
+    from medsql.evaluation.metrics import logic_form_match
+    from medsql.predictor import Predictor
+
+    if not val_rows:
+        return None
+    model.eval()
+    answers = Predictor.from_parts(model, tokenizer, meta, values).answer([r["question"] for r in val_rows])
+    right = [logic_form_match(a.sql, r["sql"]) for a, r in zip(answers, val_rows, strict=True)]
+    calibration = Calibration.fit([a.features for a in answers], right, fitted_on="validation")
+    log.info("confidence calibrated on %d validation answers (%.1f %% right): weights %s, bias %s, Brier %.4f",
+             len(right), 100 * sum(right) / len(right), calibration.weights, calibration.bias, calibration.brier)
+    return calibration
+
+
 def save_outputs(model, tokenizer, train: TrainConfig, rows: list[dict[str, Any]], meta: dict[str, Any], values,
-                 summary: dict[str, Any], history: list[dict[str, Any]], run_id: str) -> None:
+                 summary: dict[str, Any], history: list[dict[str, Any]], run_id: str, calibration=None) -> None:
     """The model folder (with its baseline) swapped in whole; the curve; metrics and the pyfunc in MLflow."""
     import mlflow
 
     with atomic_path(paths.MODEL) as staged:
         save_model(model, tokenizer, staged, meta, values)
+        if calibration is not None:
+            calibration.save(staged)
         save_baseline(train, rows, staged / "baseline", meta)
         curve = write_curve(history)
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
@@ -641,7 +683,8 @@ def log_pyfunc(model_dir: Path):
     """Log the model as an MLflow pyfunc (models-from-code: medsql/serving.py), carrying the
     medsql package so `mlflow models serve` needs nothing else.
 
-    The signature says what serving accepts: a `question` column in, SQL strings out, and the
+    The signature says what serving accepts: a `question` column in; out, one row per question with the SQL,
+    its confidence, uncertain and grounded flags, problems, next candidates and reading; and the
     inference parameter `num_beams` (default: the model's own), so a client can send
     {"dataframe_records": [...], "params": {"num_beams": 1}} to /invocations.
     """
@@ -649,18 +692,25 @@ def log_pyfunc(model_dir: Path):
     import pandas as pd
     from mlflow.models import infer_signature
 
+    from medsql.confidence import Answer
+
     meta = json.loads((model_dir / "medsql.json").read_text())
     example = pd.DataFrame({"question": ["how many patients are over 65?"]})
-    signature = infer_signature(example, ["SELECT COUNT ( DISTINCT DEMOGRAPHIC.\"SUBJECT_ID\" ) FROM DEMOGRAPHIC"],
-                                params={"num_beams": int(meta["num_beams"])})
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(__file__).with_name("serving.py")),
-        artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(__file__).parent)],
-        signature=signature,
-        input_example=example,
-    )
+    sql = 'SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."AGE" > "65"'
+    answer = Answer(sql=sql, raw_sql=sql, confidence=0.9, uncertain=False, grounded=True, top_sql=sql)
+    output = pd.DataFrame([answer.as_record() | {"explanation": "Counts distinct patients whose age is over 65."}])
+    signature = infer_signature(example, output, params={"num_beams": int(meta["num_beams"])})
+    with warnings.catch_warnings():
+        # models-from-code: the signature is given, so MLflow's advice to type-hint predict() is moot.
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("serving.py")),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature,
+            input_example=example,
+        )
 
 
 # ---- entry point -----------------------------------------------------------------------------

@@ -23,12 +23,17 @@ a short summary names each failed expectation and its offending rows by origin (
 stage exits non-zero and the last good verdict stays in place (it names other bytes), unless it
 vouches for these very bytes: the failed verdict then replaces it.
 
+The hand-written clinician evaluation set (evaluate.clinician_set) is checked by the same suite in
+the same run; the verdict names its bytes under `evaluation_sets`, and evaluate scores only a set
+the verdict names (so a set with a typo in a gold query is refused, not silently scored).
+
     python -m medsql.validate [--init-gx]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -58,12 +63,12 @@ from medsql.logs import configure  # noqa: E402
 from medsql.schema import TABLES, has_column  # noqa: E402
 from medsql.sqlform import to_single_quotes  # noqa: E402
 from medsql.text import collapse_whitespace  # noqa: E402
-from medsql.util import write_json  # noqa: E402
+from medsql.util import resolve, write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 CANONICAL_FIELDS = ("key", "variant", "question", "sql", "source", "origin")
-SOURCES = ("mimicsql", "hf_chat")
+SOURCES = ("mimicsql", "hf_chat", "clinician")  # clinician: the hand-written evaluation set (evalsets/)
 
 # Names of the GX objects in gx/ (the files are named after them).
 DATASOURCE = "medsql"
@@ -364,6 +369,21 @@ def validate(ingested: Path, db: Path, gx_dir: Path, settings: ValidateConfig) -
                   database_fingerprint)
 
 
+def with_evaluation_sets(report: Report, reports: dict[str, Report]) -> Report:
+    """The ingested records' report, its verdict also naming each evaluation set checked by the same
+    suite (fingerprint, records, success); it passes only when every one of them passes."""
+    sets = {}
+    for name, other in reports.items():
+        sets[other.ingested.path] = {**dataclasses.asdict(other.ingested), "records": other.rows,
+                                     "success": other.success, "name": name,
+                                     "expectations_failed": other.metrics["expectations_failed"]}
+    success = report.success and all(r.success for r in reports.values())
+    metrics = report.metrics | {"success": success, verdict.EVALUATION_SETS: sets}
+    failures = report.failures + [dataclasses.replace(f, expectation=f"{name}: {f.expectation}")
+                                  for name, r in reports.items() for f in r.failures]
+    return dataclasses.replace(report, success=success, metrics=metrics, failures=failures)
+
+
 def record_verdict(report: Report, path: Path) -> bool:
     """Write the report's verdict to `path`; True when written.
 
@@ -377,7 +397,8 @@ def record_verdict(report: Report, path: Path) -> bool:
     return True
 
 
-HELP = """reads:  params.yaml (validate.*); data/ingested.jsonl; data/mimicsql.db (read-only); the GX
+HELP = """reads:  params.yaml (validate.*, evaluate.clinician_set); data/ingested.jsonl and the clinician
+        evaluation set (evalsets/clinician.jsonl); data/mimicsql.db (read-only); the GX
         context in gx/ (expectation suite, validation definition, checkpoint)
 writes: metrics/validation.json: the verdict (metrics, success, sha256 and size of the bytes checked),
         written when validation passes (or replaces a verdict for the very bytes that failed);
@@ -404,7 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             init_gx(Path(args.gx_dir))
             log.info("GX definitions written to %s", args.gx_dir)
             return 0
-        report = validate(Path(args.ingested), Path(args.db), Path(args.gx_dir), load_config(args.params).validate)
+        config = load_config(args.params)
+        report = validate(Path(args.ingested), Path(args.db), Path(args.gx_dir), config.validate)
+        if config.evaluate.clinician_set:  # the hand-written evaluation set, by the same suite
+            clinician = resolve(config.evaluate.clinician_set)
+            report = with_evaluation_sets(report, {"clinician": validate(clinician, Path(args.db),
+                                                                         Path(args.gx_dir), config.validate)})
     except (ConfigError, ValidateError) as err:
         log.error("%s", err)
         return 1

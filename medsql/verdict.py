@@ -26,6 +26,7 @@ from medsql import paths
 
 RUN_VALIDATE = "dvc repro validate"
 INGESTED, DATABASE = "ingested", "database"  # the verdict's fingerprint fields
+EVALUATION_SETS = "evaluation_sets"  # hand-written evaluation files checked by the same suite
 
 
 class UnvalidatedData(RuntimeError):
@@ -105,3 +106,19 @@ def require_passed(verdict_path: Path, ingested: Fingerprint, database: Fingerpr
     problem = refusal(verdict_path, ingested, database)
     if problem is not None:
         raise UnvalidatedData(problem)
+
+
+def evaluation_set_refusal(verdict_path: Path, evaluation_set: Fingerprint) -> str | None:
+    """None when a passed verdict names exactly these bytes of an evaluation set; else why not."""
+    subject = f"{evaluation_set.path} ({evaluation_set.describe()})"
+    try:
+        verdict = json.loads(verdict_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{shown(verdict_path)}: no readable validation verdict ({err}); run `{RUN_VALIDATE}`"
+    checked = (verdict.get(EVALUATION_SETS) or {}).get(evaluation_set.path) if isinstance(verdict, dict) else None
+    if not isinstance(checked, dict) or checked.get("sha256") != evaluation_set.sha256:
+        return (f"{subject} is not an evaluation set that validation passed ({shown(verdict_path)} names "
+                f"{'other bytes' if checked else 'no such file'}); run `{RUN_VALIDATE}`")
+    if checked.get("success") is not True or verdict.get("success") is not True:
+        return f"{shown(verdict_path)}: validation FAILED for {subject}; fix it, then run `{RUN_VALIDATE}`"
+    return None

@@ -2,12 +2,14 @@
 
 The engine is driven with small models that record every call (and can be held at a gate, so a
 test decides what waits while the worker is busy), and with a real tiny Predictor to check that a
-batch answers each question exactly as the model answers it alone. The pyfunc (medsql.serving)
-goes through the same engine.
+batch answers each question exactly as the model answers it alone (its Answer: SQL, confidence,
+next candidates). The pyfunc (medsql.serving) goes through the same engine and answers a
+DataFrame, one row per question.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -18,6 +20,8 @@ import pytest
 from test_predictor import QUESTIONS, untrained_model
 
 from medsql.batching import Answered, BatchEngine, BatchSettings, EngineClosed, Overloaded
+from medsql.confidence import Answer
+from medsql.explain import explain_sql
 from medsql.predictor import Predictor
 
 
@@ -42,6 +46,14 @@ class RecordingModel:
     @property
     def asked(self) -> list[str]:
         return [q for call in self.calls for q in call]
+
+
+class SureModel(RecordingModel):
+    """A RecordingModel that also answers with Answers (as the Predictor does): `answer` is what the engine asks."""
+
+    def answer(self, questions: list[str], num_beams: int | None = None) -> list[Answer]:
+        return [Answer(sql=sql, raw_sql=sql, confidence=0.25, uncertain=True, grounded=True, top_sql=sql)
+                for sql in self.predict(questions, num_beams)]
 
 
 def held_engine(settings: BatchSettings, **models: RecordingModel) -> tuple[BatchEngine, threading.Event]:
@@ -201,6 +213,32 @@ def test_a_busy_model_does_not_hold_up_the_other():
     engine.close()
 
 
+def test_a_model_that_answers_is_asked_for_answers_and_a_batch_hands_each_job_its_own():
+    model = SureModel("sure")
+    engine, gate = held_engine(BatchSettings(window_ms=0), model=model)
+    futures = [engine.submit([("model", [f"q{i}"])], num_beams=2)[0] for i in range(3)]
+    open_gate(gate, model)
+    answered = [f.result(10) for f in futures]
+    assert all(isinstance(a.outputs[0], Answer) for a in answered)
+    assert [a.outputs[0].sql for a in answered] == [f"sure:q{i}@2" for i in range(3)]
+    assert [a.outputs[0].confidence for a in answered] == [0.25] * 3
+    assert model.calls[1:] == [["q0", "q1", "q2"]]
+    engine.close()
+
+
+def test_retry_after_follows_the_slowest_lane_not_an_average_with_a_fast_one():
+    fast, slow = RecordingModel("fast"), RecordingModel("slow")
+    engine, gate = held_engine(BatchSettings(window_ms=0, max_pending=4), fast=fast, slow=slow)
+    engine._seconds_per_question.update(fast=0.001, slow=2.0)  # as learnt from their recent batches
+    engine.submit([("fast", ["a", "b"]), ("slow", ["a", "b"])])
+    assert engine.seconds_per_question == 2.0
+    with pytest.raises(Overloaded) as refused:
+        engine.submit([("slow", ["one too many"])])
+    assert refused.value.retry_after_s == 4  # two questions wait for the slow lane, 2 s each
+    open_gate(gate, fast, slow)
+    engine.close()
+
+
 def test_a_closed_engine_takes_nothing_more():
     model = RecordingModel()
     engine = BatchEngine({"model": model})
@@ -238,9 +276,17 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return untrained_model(tmp_path_factory.mktemp("untrained") / "model")
 
 
+def same_answer(batched: Answer, alone: Answer) -> bool:
+    """The same SQL, choice and next candidates, and the same confidence but for float rounding
+    (a batch pads its questions: the log-probabilities can differ in their last bits)."""
+    return (batched.sql, batched.chosen, [sql for sql, _ in batched.alternatives], batched.grounded) == (
+        alone.sql, alone.chosen, [sql for sql, _ in alone.alternatives], alone.grounded) and abs(
+        batched.confidence - alone.confidence) < 1e-3
+
+
 def test_concurrent_questions_batched_get_the_answers_the_model_gives_alone(tiny_dir: Path):
     predictor = Predictor(tiny_dir)
-    alone = {q: predictor.predict([q])[0] for q in QUESTIONS}
+    alone = {q: predictor.answer([q])[0] for q in QUESTIONS}
     engine = BatchEngine({"model": predictor}, BatchSettings(window_ms=200, max_batch=16))
     results: dict[str, Answered] = {}
 
@@ -252,7 +298,9 @@ def test_concurrent_questions_batched_get_the_answers_the_model_gives_alone(tiny
         thread.start()
     for thread in threads:
         thread.join()
-    assert {q: r.outputs[0] for q, r in results.items()} == alone
+    assert sorted(results) == sorted(alone)
+    different = {q: (r.outputs[0], alone[q]) for q, r in results.items() if not same_answer(r.outputs[0], alone[q])}
+    assert not different
     assert max(r.batch_questions for r in results.values()) > 1, "the questions should have shared a call"
     engine.close()
 
@@ -275,11 +323,30 @@ def pyfunc(tiny_dir: Path):
     model.engine.close()
 
 
-def test_pyfunc_answers_as_the_predictor_does(pyfunc, tiny_dir: Path):
+def test_pyfunc_answers_a_row_per_question_with_the_predictors_sql_confidence_and_reading(pyfunc, tiny_dir: Path):
+    from medsql.serving import COLUMNS
+
     predictor = Predictor(tiny_dir)
     frame = pd.DataFrame({"question": QUESTIONS[:4]})
-    assert pyfunc.predict(None, frame) == predictor.predict(QUESTIONS[:4])
-    assert pyfunc.predict(None, frame, params={"num_beams": 1}) == predictor.predict(QUESTIONS[:4], num_beams=1)
+    for params, beams in ((None, None), ({"num_beams": 1}, 1)):
+        out = pyfunc.predict(None, frame, params=params)
+        answers = predictor.answer(QUESTIONS[:4], num_beams=beams)
+        assert isinstance(out, pd.DataFrame) and list(out.columns) == COLUMNS and len(out) == 4
+        assert list(out["sql"]) == [a.sql for a in answers]
+        assert list(out["uncertain"]) == [a.uncertain for a in answers]
+        assert list(out["grounded"]) == [a.grounded for a in answers]
+        assert list(out["confidence"]) == pytest.approx([a.confidence for a in answers], abs=1e-3)
+        assert list(out["explanation"]) == [explain_sql(a.sql) or "" for a in answers]
+        assert [[c["sql"] for c in json.loads(text)] for text in out["alternatives"]] == [
+            [sql for sql, _ in a.alternatives] for a in answers]
+    assert list(pyfunc.predict(None, pd.DataFrame({"question": pd.Series([], dtype=object)})).columns) == COLUMNS
+
+
+def test_pyfunc_columns_are_the_answers_record_and_its_reading():
+    from medsql.serving import COLUMNS
+
+    answer = Answer(sql="SELECT 1", raw_sql="SELECT 1", confidence=0.5, uncertain=False, grounded=True)
+    assert COLUMNS == [*answer.as_record(), "explanation"]
 
 
 @pytest.mark.parametrize("questions, params, phrase", [

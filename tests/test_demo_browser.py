@@ -2,17 +2,22 @@
 
 `scripts/install_chromium.sh` installs Chromium (`.ci/run` calls it); without it these tests skip.
 
-The main case serves deterministic test models (test_demo_api's LookupModel: the champion
-answers the dataset's SQL for the dataset's questions) on a small database built here, so it can
-assert exact results. `test_real_models_answer_on_the_page` serves real models on a copy of the
-real database: the pipeline's once it has built them (then it writes the README's screenshot,
-reports/demo.png), else a model the train stage trains briefly in the test session.
+The main case serves deterministic test models (test_demo_api's LookupModel and SureLookupModel:
+the champion answers the dataset's SQL for the dataset's questions, with a low confidence and next
+candidates; the retrieval panel's answer is ungrounded) on a small database built here, so it can
+assert exact results and the marks of an uncertain or ungrounded answer.
+`test_real_models_answer_on_the_page` serves real models (the champion and the retrieval
+baseline) on a copy of the real database: the pipeline's once it has built them (then it writes
+the README's screenshot, reports/demo.png), else a model the train stage trains briefly in the
+test session, in a copy whose min_confidence marks every answer uncertain.
 The write case forces a non-SELECT with models that always emit one, as the issue asks, and
 checks the database bytes are unchanged.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sqlite3
 import time
@@ -27,6 +32,7 @@ from test_demo_api import (
     FEMALE_UNDER_67,
     PATIENTS,
     LookupModel,
+    SureLookupModel,
     build_tiny_db,
     gold_model,
     sha256,
@@ -108,29 +114,62 @@ def _screenshot(page, path: Path = SCREENSHOT) -> None:
     assert path.stat().st_size > 10_000
 
 
-def test_question_shows_both_sql_panels_and_results(page, serve, tmp_path):
+UNCERTAIN = "Uncertain — check before use"
+
+
+def test_question_shows_every_panel_with_its_reading_confidence_and_results(page, serve, tmp_path):
     """Deterministic test models on the small database: the page's behaviour with known answers."""
     db = build_tiny_db(tmp_path / "mimicsql.db")
     before = sha256(db)
-    app = create_app(LookupModel("baseline (test model)"), gold_model(), db,
-                     write_dataset(tmp_path / "ingested.jsonl"), None)
+    divorced = DATASET[1]["sql"]
+    champion = SureLookupModel("champion (test model)", {r["question"]: r["sql"] for r in DATASET},
+                               default='SELECT DEMOGRAPHIC."NAME",DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC',
+                               confidence=0.31, alternatives=(divorced,))
+    retrieval = SureLookupModel("retrieval (test model)", default=FEMALE_UNDER_67["sql"], confidence=0.83,
+                                problems=('DEMOGRAPHIC.AGE = "sixty": not a number',))
+    models = {"baseline": LookupModel("zero-shot (test model)"), "retrieval": retrieval, "champion": champion}
+    app = create_app(models, db, write_dataset(tmp_path / "ingested.jsonl"), None)
     _open(page, serve(app))
     assert page.locator("button.case").count() >= 5
     assert "Count patients with diabetes" in page.inner_text("#cases")
 
     _ask(page, FEMALE_UNDER_67["question"])
-    for role in ("baseline", "champion"):
+    # The champion first, then the retrieval baseline, then the zero-shot baseline.
+    assert page.locator("#answers > article").evaluate_all("panels => panels.map(p => p.id)") == [
+        "panel-champion", "panel-retrieval", "panel-baseline"]
+    for role in ("baseline", "retrieval", "champion"):
         panel = page.locator(f"#panel-{role}")
         assert panel.is_visible()
         assert "SELECT" in panel.locator("pre.sql").inner_text()
         assert "generation" in panel.locator(".timings").inner_text()
         assert panel.locator("table.results").is_visible()
     assert "FROM DEMOGRAPHIC" in page.inner_text("#gold-sql")
-    champion = page.locator("#panel-champion")
-    assert champion.locator("table.results td").all_inner_texts() == ["2"]  # women under 67
-    assert champion.locator(".badge.yes").count() == 2  # exact and logic form
+    champion_panel = page.locator("#panel-champion")
+    assert champion_panel.locator("table.results td").all_inner_texts() == ["2"]  # women under 67
+    assert champion_panel.locator(".badge.yes").count() == 2  # exact and logic form
     assert page.locator("#panel-baseline table.results tbody tr").count() == len(PATIENTS)
-    assert champion.locator("p.explanation").inner_text().startswith("Counts distinct patients whose gender is")
+
+    # Above the SQL: the reading, the confidence and, for an uncertain answer, a clear mark...
+    reading = champion_panel.locator("p.explanation")
+    assert reading.inner_text().startswith("Counts distinct patients whose gender is")
+    assert champion_panel.locator(".confidence").inner_text() == "confidence 0.31"
+    mark = champion_panel.locator(".uncertain")
+    assert mark.is_visible() and mark.inner_text() == UNCERTAIN
+    assert _above(reading, champion_panel.locator("pre.sql")) and _above(mark, champion_panel.locator("pre.sql"))
+    # ...and below, the next candidates: each one's reading and SQL.
+    candidate = champion_panel.locator(".alternatives .candidate")
+    assert candidate.count() == 1
+    assert candidate.locator(".candidate-reading").inner_text().startswith("Counts distinct patients whose marital")
+    assert "DIVORCED" in candidate.locator("pre.candidate-sql").inner_text()
+
+    # A sure but ungrounded answer: no uncertain mark, and why it is not grounded.
+    retrieval_panel = page.locator("#panel-retrieval")
+    assert retrieval_panel.locator(".confidence").inner_text() == "confidence 0.83"
+    assert retrieval_panel.locator(".uncertain").count() == 0 and retrieval_panel.locator(".alternatives").count() == 0
+    assert "sixty" in retrieval_panel.locator(".problems").inner_text()
+    # A model that gives plain SQL says nothing about confidence.
+    assert page.locator("#panel-baseline .confidence, #panel-baseline .uncertain").count() == 0
+    assert "zero-shot baseline: zero-shot (test model)" in page.inner_text("#models")
     _screenshot(page, tmp_path / "demo.png")  # the README's screenshot comes only from the pipeline's model
 
     # A predefined case runs from its button.
@@ -141,26 +180,43 @@ def test_question_shows_both_sql_panels_and_results(page, serve, tmp_path):
     assert sha256(db) == before
 
 
+def _above(upper, lower) -> bool:
+    return upper.bounding_box()["y"] + upper.bounding_box()["height"] <= lower.bounding_box()["y"]
+
+
+def _confidence_threshold_copy(model_dir: Path, folder: Path) -> Path:
+    """A copy of the model folder whose min_confidence is above any confidence: every answer is uncertain."""
+    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("baseline"))
+    meta = json.loads((folder / "medsql.json").read_text())
+    (folder / "medsql.json").write_text(json.dumps(meta | {"min_confidence": 1.01}, indent=2) + "\n")
+    return folder
+
+
 @pytest.mark.slow
 def test_real_models_answer_on_the_page(page, serve, tmp_path, request):
     """Real models on a copy of the real database: the pipeline's (registry champion, else the
     latest trained model) when it has built them, else a model the train stage trains briefly
     here (a fresh clone, CI). No stand-in model: the page shows what a trained model answers.
 
-    Both SQL panels must appear, each with its results or an error panel, and the trained
-    model's SQL for this dataset question must run and return a table.
+    Both panels (champion, retrieval baseline) must appear, each with its reading, its
+    confidence, the uncertain mark exactly when its confidence is below the model's
+    min_confidence, and its results or an error panel; the trained model's SQL for this dataset
+    question must run and return a table.
     """
-    from medsql.demo.app import load_models
+    from medsql.demo.app import load_models, load_retrieval
     from medsql.predictor import Predictor
 
     pipeline_built = _real_models_built()
     if pipeline_built:
-        baseline, champion, notes = load_models()
+        models, notes = load_models()
         source_db, dataset = paths.DB, paths.INGESTED
     else:
-        model_dir = request.getfixturevalue("briefly_trained_model")
-        baseline, champion = Predictor.baseline(model_dir), Predictor(model_dir)
-        notes = ["A model trained briefly by the test (the pipeline has not built one here)."]
+        trained = request.getfixturevalue("briefly_trained_model")
+        champion = Predictor(_confidence_threshold_copy(trained, tmp_path / "model"))
+        models = {"champion": champion,
+                  "retrieval": load_retrieval(champion, trained.parent.parent / "data" / "splits" / "train.jsonl")}
+        notes = ["A model trained briefly by the test (the pipeline has not built one here), "
+                 "every answer marked uncertain."]
         source_db = request.getfixturevalue("mimicsql_db")
         from medsql import ingest
         from medsql.config import load_config
@@ -172,15 +228,24 @@ def test_real_models_answer_on_the_page(page, serve, tmp_path, request):
     db = tmp_path / "mimicsql.db"
     shutil.copyfile(source_db, db)
     before = sha256(db)
-    app = create_app(baseline, champion, db, dataset, paths.SUITE if pipeline_built else None,
+    app = create_app(models, db, dataset, paths.SUITE if pipeline_built else None,
                      examples_path=paths.SPLITS / "test.jsonl", notes=notes)
     _open(page, serve(app))
     _ask(page, FEMALE_UNDER_67["question"])
-    for role in ("baseline", "champion"):
+    for role in ("champion", "retrieval"):
         panel = page.locator(f"#panel-{role}")
         assert panel.is_visible() and panel.locator("pre.sql").inner_text().strip()
+        assert panel.locator("p.explanation").inner_text().strip()  # the reading (or why there is none)
         assert panel.locator("table.results, .error-panel").count() == 1
         assert panel.locator(".badge").count() == 3
+        badge = panel.locator(".confidence")
+        assert re.fullmatch(r"confidence [01]\.\d\d", badge.inner_text())
+        uncertain = float(badge.get_attribute("data-confidence")) < models[role].min_confidence
+        assert panel.locator(".uncertain").count() == int(uncertain)
+        if uncertain:
+            assert panel.locator(".uncertain").inner_text() == UNCERTAIN
+    if not pipeline_built:  # the copy's threshold marks it uncertain: the mark is on the page
+        assert page.locator("#panel-champion .uncertain").is_visible()
     assert page.locator("#gold").is_visible()
     # The trained model answers this dataset question with SQL that runs and returns a table.
     assert page.locator("#panel-champion table.results").is_visible()
@@ -193,8 +258,8 @@ def test_non_select_shows_error_panel_and_leaves_database_unchanged(page, serve,
     db = build_tiny_db(tmp_path / "mimicsql.db")
     before = sha256(db)
     # Stub models that always emit a write: the only way to make a model produce one on demand.
-    app = create_app(LookupModel("deleter (stub)", default="DELETE FROM DEMOGRAPHIC"),
-                     LookupModel("dropper (stub)", default="DROP TABLE DEMOGRAPHIC"),
+    app = create_app({"retrieval": LookupModel("deleter (stub)", default="DELETE FROM DEMOGRAPHIC"),
+                      "champion": LookupModel("dropper (stub)", default="DROP TABLE DEMOGRAPHIC")},
                      db, write_dataset(tmp_path / "ingested.jsonl", DATASET), None)
     page.goto(serve(app) + "/")
     page.wait_for_selector("body[data-state=ready]")
@@ -202,7 +267,7 @@ def test_non_select_shows_error_panel_and_leaves_database_unchanged(page, serve,
     page.click("#submit")
     _wait_for_answer(page)
 
-    for role, statement in (("baseline", "DELETE FROM DEMOGRAPHIC"), ("champion", "DROP TABLE DEMOGRAPHIC")):
+    for role, statement in (("retrieval", "DELETE FROM DEMOGRAPHIC"), ("champion", "DROP TABLE DEMOGRAPHIC")):
         panel = page.locator(f"#panel-{role}")
         assert panel.locator("pre.sql").inner_text().split() == statement.split()
         error = panel.locator(".error-panel")
@@ -215,7 +280,7 @@ def test_non_select_shows_error_panel_and_leaves_database_unchanged(page, serve,
 
 def test_empty_question_is_refused_on_the_page(page, serve, tmp_path):
     champion = gold_model()
-    app = create_app(None, champion, build_tiny_db(tmp_path / "mimicsql.db"), None, None)
+    app = create_app({"champion": champion}, build_tiny_db(tmp_path / "mimicsql.db"), None, None)
     page.goto(serve(app) + "/")
     page.wait_for_selector("body[data-state=ready]")
     page.fill("#question", "   ")

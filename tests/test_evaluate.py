@@ -16,6 +16,7 @@ import pytest
 from dbtools import make_db
 
 from medsql import analyze_errors, evaluate, paths
+from medsql.confidence import Answer
 from medsql.config import from_dict
 from medsql.evaluation.metrics import ExecutionScorer
 from medsql.evaluation.recovery import ValueIndex
@@ -45,7 +46,16 @@ def setting(tmp_path):
     baseline = ["SELECT count(*) FROM patients"] * 3 + ["hello"] * 3
     index = ValueIndex.build(demo, train)
     scorer = ExecutionScorer([demo, synthetic], timeout_s=5)
-    return rows, {"model": model, "baseline": baseline}, index, scorer
+    # Confident where right, not where wrong. Grounded decoding passed over the top beam twice: on row
+    # 3 for the worse (the top beam was right), on row 5 for the better (the top beam named no one).
+    confidence = [0.9, 0.8, 0.3, 0.95, 0.85, 0.2]
+    tops = {2: PANC, 4: FEMALE.replace('"F"', '"X"')}
+    answers = [Answer(sql=sql, raw_sql=sql, confidence=c, uncertain=c < 0.5, grounded=True,
+                      chosen=1 if i in tops else 0, top_sql=tops.get(i, sql))
+               for i, (sql, c) in enumerate(zip(model, confidence, strict=True))]
+    zero_shot = [Answer(sql=sql, raw_sql=sql, confidence=0.1, uncertain=True, grounded=False,
+                        problems=("outside the grammar",), top_sql=sql, calibrated=False) for sql in baseline]
+    return rows, {"model": answers, "baseline": zero_shot}, index, scorer
 
 
 @pytest.fixture
@@ -54,7 +64,8 @@ def outputs(tmp_path, monkeypatch):
     out = tmp_path / "out"
     for module in (evaluate, analyze_errors):
         for name in ("EVAL_JSON", "EVAL_DETAIL", "PREDICTIONS", "REPORT", "METRICS_CHART", "WORDING_CHART",
-                     "METRICS_PLOT", "WORDING_PLOT", "REPORT_JSON", "METRICS_JSON", "CHART", "PLOT"):
+                     "METRICS_PLOT", "WORDING_PLOT", "RISK_CHART", "RISK_PLOT", "REPORT_JSON", "METRICS_JSON",
+                     "CHART", "PLOT"):
             if hasattr(module, name):  # same place under tmp_path as under the project root
                 target = getattr(module, name).relative_to(paths.ROOT)
                 monkeypatch.setattr(module, name, out / target)
@@ -182,3 +193,36 @@ def test_metrics_and_report_logged_to_the_models_mlflow_run(setting, outputs, tm
     assert logged.data.metrics["train_loss"] == 1.0
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert artifacts == {"evaluation/evaluation.md", "evaluation/eval.json"}
+
+
+def test_trust_figures_say_how_far_confidence_and_grounding_can_be_trusted(setting):
+    rows, predictions, index, scorer = setting
+    metrics, detail, scored = evaluate.evaluate(rows, predictions, {"model": "tiny", "baseline": "base"},
+                                                index, scorer, PARAMS, threshold=0.5)
+    trust = detail["trust"]["model"]
+    assert trust["accuracy"] == pytest.approx(4 / 6)  # recovery makes row 2 right
+    # Most confident first: the four right answers, then the two wrong ones.
+    assert [p["accuracy"] for p in trust["risk_coverage"]][:4] == [1.0, 1.0, 1.0, 1.0]
+    assert trust["accuracy_at_80_coverage"] == pytest.approx(4 / 5)
+    assert trust["accuracy_at_90_coverage"] == pytest.approx(4 / 6)
+    assert trust["at_threshold"] == {"threshold": 0.5, "coverage": pytest.approx(4 / 6),
+                                     "accuracy_of_answers_given": 1.0}
+    assert trust["grounding"] == {"changed": 2, "better": 1, "worse": 1, "no_candidate_qualified": 0}
+    assert metrics["model"]["accuracy_at_80_coverage"] == pytest.approx(0.8)
+    assert metrics["model"]["answered_at_threshold"] == pytest.approx(4 / 6)
+    assert detail["trust"]["baseline"]["grounding"]["no_candidate_qualified"] == 6
+    assert scored["model"][4]["top_beam_right"] is False and scored["model"][4]["chosen_candidate"] == 1
+
+
+def test_report_and_plots_show_the_risk_coverage_curve(setting, outputs):
+    rows, predictions, index, scorer = setting
+    metrics, detail, scored = evaluate.evaluate(rows, predictions, {"model": "tiny", "baseline": "base"},
+                                                index, scorer, PARAMS)
+    evaluate.write_outputs(metrics, detail, scored)
+    report = (outputs / "reports" / "evaluation.md").read_text()
+    assert "## How sure: confidence and grounding" in report and "eval_risk_coverage.png" in report
+    assert (outputs / "reports" / "figures" / "eval_risk_coverage.png").stat().st_size > 1000
+    with open(outputs / "reports" / "plots" / "eval_risk_coverage.csv") as handle:
+        curve = list(csv.DictReader(handle))
+    assert {r["system"] for r in curve} == {"model", "baseline"}
+    assert all(0 < float(r["coverage"]) <= 1 for r in curve)

@@ -80,11 +80,13 @@ def sample_of(records: list[dict], queries: int = 20) -> list[dict]:
 
 
 def make_root(root: Path, rows: list[dict], db: Path) -> Path:
-    """A scratch project root: data/ingested.jsonl, data/mimicsql.db, a copy of gx/."""
+    """A scratch project root: data/ingested.jsonl, data/mimicsql.db, a copy of gx/ and of the
+    clinician evaluation set (validate checks it too)."""
     (root / "data").mkdir(parents=True)
     write_jsonl(root / "data" / "ingested.jsonl", rows)
     shutil.copyfile(db, root / "data" / "mimicsql.db")
     shutil.copytree(paths.GX_DIR, root / "gx", ignore=shutil.ignore_patterns("uncommitted"))
+    shutil.copytree(paths.ROOT / "evalsets", root / "evalsets")
     return root
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import re
 import subprocess
@@ -29,12 +30,16 @@ from medsql.registry import (
     PROMOTED_BY_TAG,
     PROMOTION_REASON_TAG,
     PROMOTION_TAG,
+    Evaluation,
     promote_command,
     register_and_gate,
 )
 
 NAME = "medsql-test"
 MARGIN = 0.01
+TEST_SHA = "a" * 64  # the test split's sha256, as the register stage records it
+FULL = Evaluation(split="test", rows=714, split_rows=714, limit=0, data_hash=TEST_SHA)
+SMOKE = Evaluation(split="test", rows=60, split_rows=714, limit=60, data_hash=TEST_SHA)
 
 
 class FixedSQL(mlflow.pyfunc.PythonModel):
@@ -64,12 +69,14 @@ def log_model(sql: str) -> tuple[str, str]:
     return run.info.run_id, info.model_uri
 
 
-def register(run: tuple[str, str], accuracy: float, auto_promote: bool = True):
+def register(run: tuple[str, str], accuracy: float, auto_promote: bool = True,
+             evaluation: Evaluation | None = None, model_hash: str | None = None, commit: str = "deadbeef"):
     run_id, model_uri = run
     metrics = {"execution_accuracy": accuracy, "logic_form_accuracy": accuracy - 0.1, "exact_match": 0.5,
                "by_variant": {"natural": accuracy}}
     return register_and_gate(model_uri, run_id, metrics, name=NAME, margin=MARGIN,
-                             tags={"data_version": "abc.dir", "git_commit": "deadbeef"}, auto_promote=auto_promote)
+                             tags={"data_version": "abc.dir", "git_commit": commit}, auto_promote=auto_promote,
+                             evaluation=evaluation, model_hash=model_hash)
 
 
 def champion(client: MlflowClient) -> str:
@@ -198,6 +205,8 @@ def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch,
                                    "    cmd: python -m medsql.preprocess\n"
                                    "    outs:\n    - path: data/splits\n      md5: 0123abcd.dir\n")
     (root / "params.yaml").write_text(f"register:\n  model_name: {NAME}\n")  # margin: config.py's default
+    (root / "data" / "splits").mkdir(parents=True)
+    (root / "data" / "splits" / "test.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(20)))
     original = paths.ROOT
     paths.set_root(root)
     request.addfinalizer(lambda: paths.set_root(original))
@@ -212,7 +221,7 @@ def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch,
     assert not result.exists() and not store.search_registered_models()
 
     evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.4, "exact_match": 0.3},
-                                      "baseline": {"execution_accuracy": 0.0}}))
+                                      "baseline": {"execution_accuracy": 0.0}, "test_rows": 20}))
     assert register_stage.main([]) == 0
     written = json.loads(result.read_text())
     assert (written["version"], written["champion_version"], written["decision"]) == (1, 1, "promoted")
@@ -224,11 +233,15 @@ def test_register_stage_reads_the_pipeline_outputs(store, tmp_path, monkeypatch,
     assert tags["medsql.dvc_experiment"] == "airflow-manual__2026-01-01T00-00-00-00-00"
     assert tags["git_commit"] == "unknown"  # the scratch root is no git checkout
     assert tags["promoted_by"] == "gate"
+    assert tags["evaluation"] == "full (20 of 20 test rows)" and tags["evaluation.full"] == "true"
+    assert tags["evaluation.data_sha256"] == hashlib.sha256(
+        (root / "data" / "splits" / "test.jsonl").read_bytes()).hexdigest()
+    assert (written["evaluation"], written["evaluation_full"]) == ("full (20 of 20 test rows)", True)
 
     # A deployment that requires a person's decision: a better model is registered, not promoted.
     run_id, model_uri = log_model("SELECT 10")
     info.write_text(json.dumps({"run_id": run_id, "model_uri": model_uri, "tracking_uri": "x"}))
-    evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.9}}))
+    evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.9}, "test_rows": 20}))
     monkeypatch.setenv("MEDSQL_AUTO_PROMOTE", "false")
     assert register_stage.main([]) == 0
     written = json.loads(result.read_text())
@@ -245,3 +258,148 @@ def test_register_stage_help_says_what_it_reads_and_writes():
     assert done.returncode == 0, done.stderr
     for name in ("mlflow.json", "eval.json", "register.json", "auto_promote", "MLFLOW_TRACKING_URI"):
         assert name in done.stdout
+
+
+# Registry integrity: metrics come only from full evaluations, the gate compares like with like, and an
+# unchanged model is one version.
+
+
+def test_a_smoke_evaluation_does_not_retag_the_champion(store):
+    run = log_model("SELECT 1")
+    first = register(run, 0.793, evaluation=FULL)
+    assert (first.decision, first.champion_version, first.evaluation_full) == ("promoted", 1, True)
+    before = store.get_model_version(NAME, "1").tags
+    assert before["evaluation"] == "full (714 of 714 test rows)"
+
+    # The Airflow run with {"evaluate": {"limit": 60}}: same training run, 60 rows, a flattering 0.85.
+    smoke = register(run, 0.85, evaluation=SMOKE, commit="cafef00d")
+    assert (smoke.version, smoke.decision, smoke.champion_version) == (1, "not_gated", 1)
+    assert "partial evaluation: 60 of 714 test rows" in smoke.reason
+    assert "the gate compares full evaluations only" in smoke.reason
+    assert store.get_model_version(NAME, "1").tags == before  # not one tag rewritten
+    assert champion(store) == "1"
+    assert len(store.search_model_versions(f"name = '{NAME}'")) == 1
+
+
+def test_a_partial_evaluation_never_promotes(store, capsys):
+    # Not even when there is no champion at all.
+    lone = register(log_model("SELECT 1"), 0.99, evaluation=SMOKE)
+    assert (lone.decision, lone.champion_version, lone.evaluation_full) == ("not_gated", None, False)
+    with pytest.raises(Exception, match="not found"):
+        store.get_model_version_by_alias(NAME, CHAMPION)
+    tags = store.get_model_version(NAME, "1").tags
+    assert tags["evaluation"] == "partial (60 of 714 test rows, limit 60)" and tags["evaluation.full"] == "false"
+    assert "execution_accuracy" not in tags  # a version's metrics come only from a full evaluation
+    assert CHALLENGER in store.get_model_version(NAME, "1").aliases  # registered and labelled all the same
+
+    register(log_model("SELECT 2"), 0.60, evaluation=FULL)
+    assert champion(store) == "2"
+    better_looking = register(log_model("SELECT 3"), 0.99, evaluation=SMOKE)
+    assert (better_looking.decision, better_looking.champion_version) == ("not_gated", 2)
+    assert champion(store) == "2"
+    # A person cannot promote it by accident either: it has no recorded accuracy to compare.
+    capsys.readouterr()
+    assert promote(version=3) == 1
+    assert "no recorded execution_accuracy" in capsys.readouterr().err
+    assert champion(store) == "2"
+
+
+def test_a_full_evaluation_gates_as_before(store):
+    first = register(log_model("SELECT 1"), 0.60, evaluation=FULL)
+    assert (first.decision, first.champion_version) == ("promoted", 1)
+    close = register(log_model("SELECT 2"), 0.605, evaluation=FULL)
+    assert (close.decision, close.champion_version) == ("kept", 1)
+    best = register(log_model("SELECT 3"), 0.70, evaluation=FULL)
+    assert (best.decision, best.champion_version, best.previous_champion) == ("promoted", 3, 1)
+    assert store.get_model_version(NAME, "3").tags["execution_accuracy"] == "0.7"
+    # A full evaluation after a smoke one of the same run records its metrics and gates.
+    run = log_model("SELECT 4")
+    register(run, 0.95, evaluation=SMOKE)
+    assert champion(store) == "3"
+    full = register(run, 0.90, evaluation=FULL)
+    assert (full.version, full.decision, full.champion_version) == (4, "promoted", 4)
+    tags = store.get_model_version(NAME, "4").tags
+    assert (tags["execution_accuracy"], tags["evaluation.full"]) == ("0.9", "true")
+
+
+def test_reregistering_an_unchanged_model_creates_no_new_version(store, tmp_path):
+    folder = tmp_path / "medsql"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "mlflow.json").write_text('{"run_id": "one"}')
+    digest = register_stage.model_hash(folder)
+    (folder / "mlflow.json").write_text('{"run_id": "another"}')  # the training run is not the model
+    assert register_stage.model_hash(folder) == digest
+
+    first = register(log_model("SELECT 1"), 0.70, evaluation=FULL, model_hash=digest)
+    assert (first.decision, first.version) == ("promoted", 1)
+    before = store.get_model_version(NAME, "1").tags
+    assert before["model_sha256"] == digest
+    # A rerun that trained the identical model in a new run: reused, nothing updated, and said so.
+    again = register(log_model("SELECT 1"), 0.71, evaluation=FULL, model_hash=digest, commit="cafef00d")
+    assert (again.version, again.decision, again.champion_version) == (1, "unchanged", 1)
+    assert "unchanged" in again.reason and "nothing updated" in again.reason
+    assert store.get_model_version(NAME, "1").tags == before
+    assert len(store.search_model_versions(f"name = '{NAME}'")) == 1
+
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    changed = register(log_model("SELECT 2"), 0.60, evaluation=FULL, model_hash=register_stage.model_hash(folder))
+    assert (changed.version, changed.decision) == (2, "kept")
+
+
+def test_a_champion_evaluated_on_other_data_is_not_compared(store):
+    register(log_model("SELECT 1"), 0.50, evaluation=FULL)
+    other_data = Evaluation(split="test", rows=714, split_rows=714, limit=0, data_hash="b" * 64)
+    moved = register(log_model("SELECT 2"), 0.99, evaluation=other_data)
+    assert (moved.decision, moved.champion_version) == ("not_comparable", 1)
+    assert "other data" in moved.reason and "medsql promote --version 2" in moved.reason
+    other_split = Evaluation(split="validation", rows=276, split_rows=276, limit=0, data_hash=TEST_SHA)
+    elsewhere = register(log_model("SELECT 3"), 0.99, evaluation=other_split)
+    assert elsewhere.decision == "not_comparable" and "validation split" in elsewhere.reason
+    assert champion(store) == "1"
+
+
+def test_a_champion_without_a_full_evaluation_is_not_compared(store):
+    register(log_model("SELECT 1"), 0.50)  # registered before evaluations were recorded
+    candidate = register(log_model("SELECT 2"), 0.99, evaluation=FULL)
+    assert (candidate.decision, candidate.champion_version) == ("not_comparable", 1)
+    assert "records no evaluation" in candidate.reason
+    assert champion(store) == "1"
+
+
+def test_register_stage_with_a_smoke_evaluation_keeps_the_champion_record(store, tmp_path, monkeypatch, caplog,
+                                                                         request):
+    run_id, model_uri = log_model("SELECT 9")
+    root = tmp_path / "project"
+    info, evaluation = root / "models" / "medsql" / "mlflow.json", root / "metrics" / "eval.json"
+    result = root / "metrics" / "register.json"
+    info.parent.mkdir(parents=True)
+    evaluation.parent.mkdir()
+    (root / "data" / "splits").mkdir(parents=True)
+    (root / "data" / "splits" / "test.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(714)))
+    (info.parent / "model.safetensors").write_bytes(b"weights")
+    info.write_text(json.dumps({"run_id": run_id, "model_uri": model_uri}))
+    original = paths.ROOT
+    paths.set_root(root)
+    request.addfinalizer(lambda: paths.set_root(original))
+    for variable in ("MEDSQL_PARAMS", "MEDSQL_AUTO_PROMOTE", "MEDSQL_OVERRIDES", "MEDSQL_RUN_ID"):
+        monkeypatch.delenv(variable, raising=False)
+
+    (root / "params.yaml").write_text(f"register:\n  model_name: {NAME}\nevaluate:\n  limit: 0\n")
+    evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.793}, "test_rows": 714}))
+    assert register_stage.main([]) == 0
+    assert json.loads(result.read_text())["decision"] == "promoted"
+    before = store.get_model_version(NAME, "1").tags
+    assert before["model_sha256"] == register_stage.model_hash(info.parent)
+
+    # The DAG applied {"evaluate": {"limit": 60}} to params.yaml; evaluate scored 60 rows.
+    (root / "params.yaml").write_text(f"register:\n  model_name: {NAME}\nevaluate:\n  limit: 60\n")
+    evaluation.write_text(json.dumps({"model": {"execution_accuracy": 0.85}, "test_rows": 60}))
+    caplog.clear()
+    assert register_stage.main([]) == 0
+    written = json.loads(result.read_text())
+    assert (written["version"], written["decision"], written["champion_version"]) == (1, "not_gated", 1)
+    assert "partial evaluation: 60 of 714 test rows" in written["reason"]
+    assert "the gate compares full evaluations only" in caplog.text
+    assert store.get_model_version(NAME, "1").tags == before
+    assert store.get_model_version(NAME, "1").tags["execution_accuracy"] == "0.793"

@@ -62,13 +62,19 @@ def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> Non
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "train_curve.png" in artifacts
 
-    # The pyfunc model loads back from MLflow and answers a DataFrame of questions with SQL.
+    # The pyfunc model loads back from MLflow and answers a DataFrame of questions with SQL, each
+    # with its confidence; the folder holds the calibration fitted on the validation split.
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     pyfunc = mlflow.pyfunc.load_model(info["model_uri"])
     answers = pyfunc.predict(pd.DataFrame({"question": ["how many patients are over 65?", "count women"]}))
-    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
-    local = Predictor(model_dir).predict(["how many patients are over 65?", "count women"])
-    assert list(answers) == local
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers["sql"])
+    local = Predictor(model_dir).answer(["how many patients are over 65?", "count women"])
+    assert list(answers["sql"]) == [a.sql for a in local]
+    assert list(answers["confidence"]) == [a.confidence for a in local]
+    assert all(0.0 <= c <= 1.0 for c in answers["confidence"]) and all(a.calibrated for a in local)
+    calibration = json.loads((model_dir / "confidence.json").read_text())
+    assert calibration["fitted_on"] == "validation" and calibration["rows"] > 0
+    assert summary["augmentation"]["phrasings"]["pairs"] > 0, "the new phrasings are counted in train.json"
 
     # The zero-shot baseline sits beside the model and answers through the same code.
     assert Predictor.baseline(model_dir).predict(["count women"])[0]

@@ -234,5 +234,6 @@ def test_help_says_what_the_stage_reads_and_writes(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "medsql.validate", "--help"], cwd=paths.ROOT, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, MEDSQL_ROOT=str(tmp_path)))
     assert done.returncode == 0, done.stderr
-    assert "reads:  params.yaml (validate.*)" in done.stdout and "writes: metrics/validation.json" in done.stdout
+    assert "reads:  params.yaml (validate.*, evaluate.clinician_set)" in done.stdout
+    assert "writes: metrics/validation.json" in done.stdout and "evalsets/clinician.jsonl" in done.stdout
     assert not list(tmp_path.iterdir())  # --help does no work

@@ -1,7 +1,14 @@
-"""The demo web app: one page and a small JSON API that put two models' SQL side by side.
+"""The demo web app: one page and a small JSON API that put the models' SQL side by side.
 
-For a question, the baseline (the base model, zero-shot) and the champion (registry alias
-`champion`, else the latest trained model) each generate SQL; each query is pretty-printed,
+For a question, each role answers, in this order on the page:
+- `champion`: the trained model (registry alias `champion`, else the latest trained model),
+- `retrieval`: the retrieval baseline (medsql.retrieval: the nearest training question's SQL with
+  the question's own values put in), a yardstick a model trained from scratch has to beat,
+- `baseline`: the zero-shot base model, only when asked (`medsql demo --zero-shot`): for the
+  embedded profile it writes noise, and it costs most of the serving time.
+Each answer comes with how far to trust it (medsql.confidence.Answer): its confidence, whether it
+is uncertain (below the model's min_confidence; the page then shows the next candidates), and
+whether it is grounded (and if not, why). Each query is pretty-printed, read in plain English,
 run through the guarded read-only executor on the MIMICSQL database, and timed. When the
 question is one of the dataset's, the gold SQL is shown too, with whether each prediction
 matches it (exact string, logic form, execution on the test suite of databases).
@@ -11,8 +18,9 @@ calls (one per model), at most `ServeLimits.max_in_flight` questions are answere
 (beyond it `503` with `Retry-After`, at once), and a question whose client has gone is dropped
 before its SQL is generated or run. Every error is JSON: `{"error": "<message>"}`.
 
-`create_app` takes the models as arguments, so tests can hand it their own; `serve` resolves
-the real ones and runs uvicorn.
+`create_app` takes the models as a mapping of role to model, so tests can hand it their own (a
+model with `answer` gives Answers; one with only `predict` gives SQL, and its panel has no
+confidence); `load_models` resolves the real ones and `serve` runs uvicorn.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import json
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from medsql import paths
 from medsql.batching import Answered, BatchEngine, EngineClosed, Model, Overloaded, ServeLimits
+from medsql.confidence import Answer
 from medsql.evaluation.execution import load_suite, suite_match
 from medsql.evaluation.metrics import exact_match, logic_form_match
 from medsql.executor import ExecutionResult, execute
@@ -45,7 +54,8 @@ from medsql.predictor import Predictor, PredictorError
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, normalise_question
 from medsql.util import read_jsonl
 
-__all__ = ["CASES", "MAX_QUESTION_CHARS", "ROWS_SHOWN", "ServeLimits", "create_app", "load_gold", "serve"]
+__all__ = ["CASES", "MAX_QUESTION_CHARS", "ROLES", "ROWS_SHOWN", "ServeLimits", "create_app", "load_gold",
+           "load_models", "load_retrieval", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ DISCONNECT_POLL_S = 0.05  # how often a waiting request checks that its client i
 # (and their page caches) open, so a thread per request (Starlette's pool has 40) costs memory that
 # only grows; the work is CPU-bound, and each query has its time bound.
 DATABASE_THREADS = 4
-ROLES = ("baseline", "champion")
+ROLES = ("champion", "retrieval", "baseline")  # the page's panels, in this order
 
 # The reference's predefined cases, worded the way MIMICSQL's questions are.
 CASES: list[dict[str, str]] = [
@@ -230,12 +240,15 @@ class Admission:
 class Demo:
     """The models, the database and the gold data behind the page, and how one question is answered."""
 
-    def __init__(self, models: dict[str, Model | None], db_path: Path, dataset_path: Path | None,
+    def __init__(self, models: Mapping[str, Model | None], db_path: Path, dataset_path: Path | None,
                  suite_dir: Path | None, examples_path: Path | None, notes: list[str], limits: ServeLimits):
         self.db_path = Path(db_path)
         if not self.db_path.is_file():
             raise FileNotFoundError(f"database {self.db_path} not found: build it with `dvc repro build_db`")
-        self.models = models
+        unknown = sorted(set(models) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown demo roles {unknown}: the roles are {', '.join(ROLES)}")
+        self.models = {role: models[role] for role in ROLES if role in models}  # the page's order
         self.gold_index = load_gold(dataset_path)
         self.suite_check = SuiteCheck(suite_dir)
         self.examples = load_examples(examples_path)
@@ -243,11 +256,10 @@ class Demo:
         if self.suite_check.unavailable:
             self.notes.append(f"Execution match is not checked: {self.suite_check.unavailable}.")
         self.limits = limits
-        self.engine = BatchEngine(models, limits.batch)
+        self.engine = BatchEngine(self.models, limits.batch)
         self.database_threads = ThreadPoolExecutor(DATABASE_THREADS, thread_name_prefix="medsql-sql")
         weakref.finalize(self, self.database_threads.shutdown, wait=False)  # an app dropped without shutdown
-        self.admission = Admission(limits.max_in_flight, lambda: self.engine.seconds_per_question * len(
-            self.engine.models))
+        self.admission = Admission(limits.max_in_flight, lambda: self.engine.seconds_per_question)
 
     def close(self) -> None:
         self.engine.close()
@@ -255,6 +267,7 @@ class Demo:
 
     def info(self) -> dict[str, Any]:
         return {
+            "roles": list(self.models),
             "models": {role: (m.name if m is not None else None) for role, m in self.models.items()},
             "database": self.db_path.name,
             "dataset_questions": len(self.gold_index),
@@ -278,11 +291,12 @@ class Demo:
         return {"cases": listed}
 
     async def answer(self, question: str, gone: Callable[[], Awaitable[bool]]) -> dict[str, Any] | None:
-        """The /api/ask answer: the gold (when the question is the dataset's) and each model's panel;
-        None if the client went away first, in which case what was not yet generated never is.
+        """The /api/ask answer: the gold (when the question is the dataset's) and each model's panel
+        (in ROLES order); None if the client went away first, in which case what was not yet
+        generated never is.
 
-        Each model's SQL is run on the database as soon as that model has answered, while the other
-        may still be generating: the gold's and the first model's queries cost no time of their own.
+        Each model's SQL is run on the database as soon as that model has answered, while the others
+        may still be generating: the gold's and the first models' queries cost no time of their own.
         """
         try:
             futures = dict(zip(self.engine.models, self.engine.submit(
@@ -330,10 +344,16 @@ class Demo:
 
     def panel(self, role: str, model: Model | None, outcome: Answered | BaseException | None,
               gold_sql: str | None) -> dict[str, Any]:
-        """One model's panel: its SQL, pretty, run on the database, and matched against the gold."""
+        """One model's panel: its SQL, how sure it is, pretty, read, run on the database, matched against the gold.
+
+        `confidence`, `uncertain`, `grounded` and `calibrated` are null, and `problems` and
+        `alternatives` empty, for a model that gives plain SQL (no Answer).
+        """
         out: dict[str, Any] = {
-            "role": role, "model": None, "sql": None, "pretty": None, "explanation": None, "generation_ms": None,
-            "queued_ms": None, "batch_size": None, "execution": None, "match": None, "error": None,
+            "role": role, "model": None, "sql": None, "pretty": None, "explanation": None,
+            "confidence": None, "uncertain": None, "grounded": None, "problems": [], "alternatives": [],
+            "calibrated": None, "generation_ms": None, "queued_ms": None, "batch_size": None,
+            "execution": None, "match": None, "error": None,
         }
         if model is None:
             out["error"] = f"No {role} model is available."
@@ -345,7 +365,12 @@ class Demo:
             return out
         out |= {"generation_ms": outcome.generation_ms, "queued_ms": outcome.queued_ms,
                 "batch_size": outcome.batch_questions}
-        sql = outcome.outputs[0]
+        output = outcome.outputs[0]
+        if isinstance(output, Answer):
+            out |= trust(output)
+            sql = output.sql
+        else:
+            sql = output
         if not isinstance(sql, str):
             out["error"] = f"Generation failed: the model returned {type(sql).__name__}, not SQL text."
             return out
@@ -362,6 +387,16 @@ class Demo:
         return out
 
 
+def trust(answer: Answer) -> dict[str, Any]:
+    """What a panel says about how far to trust an answer, and its next candidates (pretty and read)."""
+    return {
+        "confidence": answer.confidence, "uncertain": answer.uncertain, "grounded": answer.grounded,
+        "problems": list(answer.problems), "calibrated": answer.calibrated,
+        "alternatives": [{"sql": sql, "pretty": pretty(sql), "explanation": explain_sql(sql), "confidence": confidence}
+                         for sql, confidence in answer.alternatives],
+    }
+
+
 async def _wait_unless_gone(tasks: list[asyncio.Future], gone: Callable[[], Awaitable[bool]]) -> bool:
     """Wait for the tasks, checking every DISCONNECT_POLL_S that the client is still there; False if it went."""
     waiting = set(tasks)
@@ -376,8 +411,7 @@ async def _wait_unless_gone(tasks: list[asyncio.Future], gone: Callable[[], Awai
 
 
 def create_app(
-    baseline: Model | None,
-    champion: Model | None,
+    models: Mapping[str, Model | None],
     db_path: Path,
     dataset_path: Path | None,
     suite_dir: Path | None,
@@ -386,9 +420,12 @@ def create_app(
     notes: list[str] | None = None,
     limits: ServeLimits | None = None,
 ) -> FastAPI:
-    """The demo app over these models and this database. A model given as None shows as unavailable."""
-    demo = Demo({"baseline": baseline, "champion": champion}, db_path, dataset_path, suite_dir,
-                examples_path, list(notes or []), limits or ServeLimits())
+    """The demo app over these models ({role: model}, roles from ROLES) and this database.
+
+    Each role given has its panel, in ROLES order; a model given as None shows as unavailable.
+    """
+    demo = Demo(models, db_path, dataset_path, suite_dir, examples_path, list(notes or []),
+                limits or ServeLimits())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -464,8 +501,25 @@ def _add_error_handlers(app: FastAPI) -> None:
 # ---- serving the real models --------------------------------------------------------------------
 
 
-def load_models() -> tuple[Model | None, Model, list[str]]:
-    """Baseline and champion from the registry (champion falls back to the latest trained model)."""
+def load_retrieval(champion: Model | None, train_split: Path | None = None, db_path: Path | None = None) -> Model:
+    """The retrieval baseline over the training split, linking values with the champion's value index
+    (or one built from the database and the split when the champion has none).
+
+    FileNotFoundError when the split (or the database it would need) is missing.
+    """
+    from medsql.evaluation.recovery import ValueIndex
+    from medsql.retrieval import RetrievalBaseline
+
+    train_split = Path(train_split or paths.SPLITS / "train.jsonl")
+    if not train_split.is_file():
+        raise FileNotFoundError(f"{train_split} not found; run `dvc repro preprocess`")
+    values = getattr(champion, "values", None) or ValueIndex.build(db_path or paths.DB, train_split)
+    return RetrievalBaseline.from_files(train_split, values, getattr(champion, "min_confidence", 0.5))
+
+
+def load_models(zero_shot: bool = False) -> tuple[dict[str, Model | None], list[str]]:
+    """The demo's models by role, and notes for the page: the champion from the registry (else the
+    latest trained model), the retrieval baseline, and with `zero_shot` the zero-shot baseline."""
     notes: list[str] = []
     try:
         champion = Predictor.load("champion")
@@ -476,25 +530,32 @@ def load_models() -> tuple[Model | None, Model, list[str]]:
             champion = Predictor.load("latest")
         except PredictorError as err_latest:
             raise SystemExit(f"medsql demo: no trained model to serve: {err_latest}") from err_latest
+    models: dict[str, Model | None] = {"champion": champion}
     try:
-        baseline = Predictor.baseline()
-    except PredictorError as err:
-        log.warning("baseline unavailable: %s", err)
-        notes.append(f"Baseline unavailable: {err}.")
-        baseline = None
-    return baseline, champion, notes
+        models["retrieval"] = load_retrieval(champion)
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("retrieval baseline unavailable: %s", err)
+        notes.append(f"Retrieval baseline unavailable: {err}.")
+        models["retrieval"] = None
+    if zero_shot:
+        try:
+            models["baseline"] = Predictor.baseline()
+        except PredictorError as err:
+            log.warning("zero-shot baseline unavailable: %s", err)
+            notes.append(f"Zero-shot baseline unavailable: {err}.")
+            models["baseline"] = None
+    return models, notes
 
 
-def serve(host: str = "127.0.0.1", port: int = 8765, limits: ServeLimits | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8765, limits: ServeLimits | None = None,
+          zero_shot: bool = False) -> None:
     """`medsql demo`: resolve the models, then serve the page until interrupted."""
     import uvicorn
 
-    baseline, champion, notes = load_models()
+    models, notes = load_models(zero_shot)
     try:
-        app = create_app(
-            baseline, champion, paths.DB, paths.INGESTED, paths.SUITE,
-            examples_path=paths.SPLITS / "test.jsonl", notes=notes, limits=limits,
-        )
+        app = create_app(models, paths.DB, paths.INGESTED, paths.SUITE, examples_path=paths.SPLITS / "test.jsonl",
+                         notes=notes, limits=limits)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"medsql demo: {err}") from err
     log.info("serving http://%s:%d/  (Ctrl-C to stop)", host, port)

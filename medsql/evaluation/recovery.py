@@ -177,6 +177,17 @@ class ValueIndex:
         entry = self._columns.get((table, column))
         return list(entry.choices) if entry else []
 
+    def columns(self) -> list[tuple[str, str]]:
+        """The (table, column) pairs the index holds values for."""
+        return list(self._columns)
+
+    def holds(self, table: str, column: str, value: str) -> bool | None:
+        """Whether TABLE.COLUMN holds `value` (any casing); None for a column the index does not cover."""
+        entry = self._columns.get((table, column))
+        if entry is None:
+            return None
+        return value in entry.exact or value.lower() in entry.by_lower
+
     def recover_value(self, table: str, column: str, value: str, fuzzy: bool = True,
                       question: str | None = None) -> str:
         """The value recovery gives one literal of TABLE.COLUMN (unchanged when nothing fits).

@@ -66,10 +66,58 @@ function matchBadges(match) {
   return box;
 }
 
+const TITLES = { champion: "Champion", retrieval: "Retrieval baseline", baseline: "Zero-shot baseline" };
+const NO_READING = "This SQL is outside the dataset's grammar: no plain-English reading, check it with care.";
+
+// One hidden panel per role the server lists, in its order (champion first).
+function makePanels(roles) {
+  $("#answers").replaceChildren(...roles.map((role) => {
+    const panel = el("article", "panel");
+    panel.id = `panel-${role}`;
+    panel.hidden = true;
+    return panel;
+  }));
+}
+
+// How far to trust the answer: its confidence, an uncertain mark, why it is not grounded.
+function trust(answer) {
+  const box = el("div", "trust");
+  const badge = el("span", "confidence", `confidence ${answer.confidence.toFixed(2)}`);
+  badge.classList.add(answer.uncertain ? "low" : "high");
+  badge.dataset.confidence = String(answer.confidence);
+  badge.title = answer.calibrated
+    ? "estimated probability that this SQL is right (calibrated on held-out questions)"
+    : "a rough score, not calibrated on held-out questions";
+  box.append(badge);
+  if (answer.uncertain) box.append(el("strong", "uncertain", "Uncertain — check before use"));
+  if (answer.grounded === false) {
+    const problems = el("div", "problems", el("strong", null, "Not grounded in the database:"));
+    const list = el("ul");
+    for (const problem of answer.problems.length ? answer.problems : ["no candidate qualified"]) list.append(el("li", null, problem));
+    problems.append(list);
+    box.append(problems);
+  }
+  return box;
+}
+
+// The next candidates of an uncertain answer: each one's reading, confidence and SQL.
+function candidates(answer) {
+  const box = el("div", "alternatives", el("h3", null, "Next candidates"));
+  for (const alternative of answer.alternatives) {
+    const item = el("div", "candidate");
+    item.append(el("p", "candidate-reading", alternative.explanation || NO_READING,
+      " ", el("span", "meta", `confidence ${alternative.confidence.toFixed(2)}`)));
+    item.append(el("pre", "candidate-sql", alternative.pretty));
+    box.append(item);
+  }
+  return box;
+}
+
 function renderPanel(answer) {
   const panel = $(`#panel-${answer.role}`);
   panel.replaceChildren();
-  const title = answer.role === "baseline" ? "Baseline" : "Champion";
+  panel.classList.toggle("is-uncertain", answer.uncertain === true);
+  const title = TITLES[answer.role] || answer.role;
   panel.append(el("h2", null, title, " ", el("span", "meta", answer.model || "unavailable")));
 
   const timings = el("div", "timings");
@@ -83,8 +131,8 @@ function renderPanel(answer) {
   panel.append(timings);
   if (answer.match) panel.append(matchBadges(answer.match));
   if (answer.sql !== null) {
-    panel.append(el("p", "explanation", answer.explanation ||
-      "This SQL is outside the dataset's grammar: no plain-English reading, check it with care."));
+    panel.append(el("p", "explanation", answer.explanation || NO_READING));
+    if (answer.confidence !== null) panel.append(trust(answer));
   }
   if (answer.pretty !== null) panel.append(el("pre", "sql", answer.pretty));
 
@@ -96,6 +144,7 @@ function renderPanel(answer) {
   } else if (answer.execution) {
     panel.append(resultsTable(answer.execution));
   }
+  if (answer.uncertain && answer.alternatives.length) panel.append(candidates(answer));
   panel.hidden = false;
 }
 
@@ -160,9 +209,11 @@ async function init() {
   try {
     const [info, cases] = await Promise.all([getJSON("/api/info"), getJSON("/api/cases")]);
     $("#limit").textContent = info.max_question_chars;
-    $("#models").textContent =
-      `baseline: ${info.models.baseline || "unavailable"} · champion: ${info.models.champion || "unavailable"}` +
-      ` · database: ${info.database}`;
+    makePanels(info.roles);
+    $("#models").textContent = [
+      ...info.roles.map((role) => `${(TITLES[role] || role).toLowerCase()}: ${info.models[role] || "unavailable"}`),
+      `database: ${info.database}`,
+    ].join(" · ");
     $("#notes").replaceChildren(...info.notes.map((note) => el("p", null, note)));
     for (const item of cases.cases) {
       const button = el("button", `case ${item.source}`, item.label);

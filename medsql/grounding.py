@@ -1,0 +1,65 @@
+"""Grounded decoding: which of a beam's candidate queries the database can stand behind.
+
+A candidate qualifies when it is
+- inside the dataset's grammar (medsql.sqlform.parse_sql reads it),
+- type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number, and
+- grounded: every `=` literal of a free-text column (diagnoses, drugs, routes, locations, ...) is a
+  value its column holds (the ValueIndex: demo tables, code dictionaries, training literals) or one
+  the linker proposed for that column; so is a patient's name.
+
+The Predictor takes the best-scoring candidate that qualifies (`choose`), and says so when none does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from medsql.evaluation.recovery import ValueIndex, recoverable
+from medsql.linking import Link
+from medsql.schema import is_numeric
+from medsql.sqlform import FormError, Query, parse_sql
+from medsql.text import is_number
+
+# Besides the free-text columns: a patient's name must be one the database knows.
+NAMED = {("DEMOGRAPHIC", "NAME")}
+
+
+def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = ()) -> list[str]:
+    """Why the database cannot stand behind this SQL (an empty list: it qualifies)."""
+    try:
+        query = parse_sql(sql)
+    except FormError as err:
+        return [f"outside the dataset's grammar ({err})"]
+    return query_problems(query, values, links)
+
+
+def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = ()) -> list[str]:
+    proposed = {(link.table, link.column, link.value.lower()) for link in links}
+    found = []
+    for cond in query.conditions:
+        name = f"{cond.table}.{cond.column}"
+        if is_numeric(cond.table, cond.column):
+            if not is_number(cond.value):
+                found.append(f'{name} is a number, compared with text "{cond.value}"')
+            continue
+        checked = recoverable(cond.table, cond.column) == "fuzzy" or (cond.table, cond.column) in NAMED
+        if cond.op != "=" or values is None or not checked:
+            continue
+        if values.holds(cond.table, cond.column, cond.value) is False and (
+                cond.table, cond.column, cond.value.lower()) not in proposed:
+            found.append(f'"{cond.value}" is not a value of {name}')
+    return found
+
+
+def choose(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = ()
+           ) -> tuple[int, list[str]]:
+    """(index of the first candidate that qualifies, []) or, when none does, (0, the top one's problems)."""
+    links = list(links)
+    first: list[str] | None = None
+    for index, sql in enumerate(candidates):
+        found = problems(sql, values, links)
+        if not found:
+            return index, []
+        if first is None:
+            first = found
+    return 0, first or ["no candidate"]

@@ -1,0 +1,69 @@
+"""The value linker on the real demo database and training literals, and the clinical lexicon."""
+
+from __future__ import annotations
+
+import pytest
+
+from medsql.evaluation.recovery import ValueIndex
+from medsql.linking import LEXICON, LexiconError, Linker, linking_recall, load_lexicon, render_links
+
+
+@pytest.fixture(scope="module")
+def linker(mimicsql_db, real_splits) -> Linker:
+    return Linker(ValueIndex.build(mimicsql_db, real_splits / "train.jsonl"))
+
+
+def found(linker: Linker, question: str) -> set[tuple[str, str, str]]:
+    return {(k.table, k.column, k.value) for k in linker.link(question)}
+
+
+def test_a_drug_the_question_names_is_linked_to_its_stored_spelling(linker):
+    assert ("PRESCRIPTIONS", "DRUG", "Furosemide") in found(linker, "which patients were prescribed furosemide?")
+
+
+def test_abbreviations_and_brand_names_are_linked_through_the_lexicon(linker):
+    links = found(linker, "how many chf pts got lasix po?")
+    assert ("PRESCRIPTIONS", "DRUG", "Furosemide") in links
+    assert ("PRESCRIPTIONS", "ROUTE", "PO") in links
+    assert ("DIAGNOSES", "SHORT_TITLE", "CHF NOS") in links
+    assert ("DEMOGRAPHIC", "DISCHARGE_LOCATION", "SNF") in found(linker, "discharged to a skilled nursing facility")
+
+
+def test_the_words_people_use_find_an_abbreviated_dictionary_title(linker):
+    links = found(linker, "count patients with a urinary tract infection")
+    assert ("DIAGNOSES", "SHORT_TITLE", "Urin tract infection NOS") in links
+    assert ("DIAGNOSES", "LONG_TITLE", "Urinary tract infection, site not specified") in links
+
+
+def test_a_lexicon_phrase_is_not_linked_by_its_single_words(linker):
+    links = found(linker, "how many patients with high blood pressure are on medicare?")
+    assert not any(column == "FLUID" for _, column, _ in links), "'blood' of 'high blood pressure' is no lab fluid"
+    assert ("DEMOGRAPHIC", "INSURANCE", "Medicare") in links
+
+
+def test_codes_are_linked_only_when_the_question_speaks_of_a_code(linker):
+    assert ("DIAGNOSES", "ICD9_CODE", "4019") in found(linker, "patients whose icd9 code is 4019")
+    assert not any(c == "ICD9_CODE" for _, c, _ in found(linker, "patients older than 4019"))
+
+
+def test_links_render_as_the_model_input_tail(linker):
+    tail = render_links(linker.link("patients on lasix"))
+    assert tail.startswith(" | ") and "prescriptions.drug: furosemide" in tail
+
+
+def test_recall_on_gold_literals_is_reported_per_wording(linker, real_splits):
+    import json
+
+    rows = [json.loads(line) for line in (real_splits / "validation.jsonl").read_text().splitlines()]
+    recall = linking_recall(linker, rows)
+    assert set(recall) >= {"all", "template", "natural", "natural_v2"}
+    assert recall["template"]["recall"] > 0.8 and recall["all"]["gold_literals"] > 50
+
+
+def test_the_lexicon_is_a_versioned_data_file_that_reads(tmp_path):
+    terms = load_lexicon(LEXICON)
+    assert len(terms) > 100
+    bad = tmp_path / "lexicon.yaml"
+    bad.write_text("version: 1\nterms:\n  - {says: [lasix], links: {PRESCRIPTIONS.NOPE: Furosemide}}\n")
+    with pytest.raises(LexiconError, match=r"lexicon.yaml: terms\[1\]: PRESCRIPTIONS.NOPE"):
+        load_lexicon(bad)
