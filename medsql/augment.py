@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from medsql.evaluation.recovery import ValueIndex
+from medsql.explain import column_name
 from medsql.linking import LEXICON, load_lexicon, normalised
 from medsql.sqlform import Condition, FormError, Query, parse_sql, render_sql
 from medsql.text import model_input, normalise_question
@@ -109,20 +110,6 @@ _AGGREGATE = {
     ("min", "DAYS_STAY"): ["what is the shortest stay in days of {p}", "min days of stay of {p}"],
     ("avg", "DAYS_STAY"): ["what is the average length of stay of {p}", "avg los of {p}"],
 }
-_COLUMN_WORDS = {  # how a selected column is named
-    "SUBJECT_ID": "subject id", "HADM_ID": "admission id", "NAME": "name", "MARITAL_STATUS": "marital status",
-    "AGE": "age", "DOB": "date of birth", "GENDER": "gender", "LANGUAGE": "language", "RELIGION": "religion",
-    "ADMISSION_TYPE": "admission type", "DAYS_STAY": "length of stay", "INSURANCE": "insurance",
-    "ETHNICITY": "ethnicity", "EXPIRE_FLAG": "death status", "ADMISSION_LOCATION": "admission location",
-    "DISCHARGE_LOCATION": "discharge location", "DIAGNOSIS": "primary disease", "DOD": "date of death",
-    "DOB_YEAR": "birth year", "DOD_YEAR": "year of death", "ADMITTIME": "admission time",
-    "DISCHTIME": "discharge time", "ADMITYEAR": "admission year", "ICD9_CODE": "icd9 code",
-    "SHORT_TITLE": "short title", "LONG_TITLE": "long title", "ICUSTAY_ID": "icu stay id", "DRUG_TYPE": "drug type",
-    "DRUG": "drug", "FORMULARY_DRUG_CD": "drug code", "ROUTE": "drug route", "DRUG_DOSE": "drug dose",
-    "ITEMID": "lab item id", "CHARTTIME": "lab chart time", "FLAG": "lab flag", "VALUE_UNIT": "lab value",
-    "LABEL": "lab test", "FLUID": "lab fluid", "CATEGORY": "lab category",
-}
-_TABLE_WORDS = {"DIAGNOSES": "diagnosis", "PROCEDURES": "procedure", "PRESCRIPTIONS": "", "LAB": "", "DEMOGRAPHIC": ""}
 _SHOW = ["what is the {c} of", "show the {c} of", "list the {c} for", "give me the {c} of", "{c} of"]
 LEXICON_SHARE = 0.5   # chance a value the lexicon has a name for is said by that name
 SWAP_SHARE = 0.5      # chance a literal is swapped for another real value of its column
@@ -241,14 +228,8 @@ def _select(query: Query, patients: str, conditions: list[str], rng: random.Rand
         return rng.choice(templates).format(p=patients) + tail if templates else None
     if any(agg is not None for agg, _, _ in query.select):
         return None
-    named = []
-    for _, table, column in query.select:
-        word = _COLUMN_WORDS.get(column)
-        if word is None:
-            return None
-        prefix = _TABLE_WORDS.get(table, "")
-        named.append(f"{prefix} {word}".strip() if column in ("SHORT_TITLE", "LONG_TITLE", "ICD9_CODE") else word)
-    subject = " and ".join(named)
+    # A selected column is named as the plain-English reading names it ("prescription route").
+    subject = " and ".join(column_name(table, column).lower() for _, table, column in query.select)
     # A plain select names its rows by condition: "the drug route of patient 10019" (the condition
     # brings its own "of"), or "the drug route of pts who got x".
     shown = rng.choice(_SHOW).format(c=subject)
