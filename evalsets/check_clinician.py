@@ -89,14 +89,25 @@ def shape(query) -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0]) if argv else DEFAULT
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python evalsets/check_clinician.py",
+                                     description="Check the clinician set; print its coverage; exit 1 on a problem.")
+    parser.add_argument("path", nargs="?", default=str(DEFAULT), help="the set (default: %(default)s)")
+    parser.add_argument("--db", default=str(DB), help="the MIMICSQL database the gold SQL runs on "
+                                                      "(default: %(default)s, made by `dvc repro build_db`)")
+    args = parser.parse_args(argv)
+    path, db = Path(args.path), Path(args.db)
+    if not db.is_file():
+        print(f"{db}: database not found; run `dvc repro build_db` or pass --db", file=sys.stderr)
+        return 1
     shown = os.path.relpath(path)
     problems: list[str] = []
 
     def problem(line: int, message: str) -> None:
         problems.append(f"{shown}:{line}: {message}")
 
-    conn = sqlite3.connect(f"file:{DB}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     mimic_questions: dict[str, str] = {}
     mimic_sql: set[str] = set()
     if MIMICSQL.exists():
@@ -198,7 +209,7 @@ def main(argv: list[str]) -> int:
                 if codes != 1:
                     problem(number, f"{c.table}.{c.column} {c.value!r} names {codes} codes, not one")
 
-        result = execute(DB, sql, timeout_s=5)
+        result = execute(db, sql, timeout_s=5)
         if not result.ok:
             problem(number, f"does not run: {result.error}")
         elif not result.rows:

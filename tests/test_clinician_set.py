@@ -26,10 +26,11 @@ def real_records() -> list[dict]:
     return ingest.ingest(cfg.ingest, cfg.data)[:30]
 
 
-def test_the_set_holds_at_least_150_hand_written_questions_that_pass_its_checks():
+def test_the_set_holds_at_least_150_hand_written_questions_that_pass_its_checks(mimicsql_db):
     rows = [json.loads(line) for line in CLINICIAN.read_text().splitlines()]
     assert len(rows) >= 150 and {r["variant"] for r in rows} == {"clinician"}
-    done = subprocess.run([sys.executable, str(paths.ROOT / "evalsets" / "check_clinician.py")],
+    done = subprocess.run([sys.executable, str(paths.ROOT / "evalsets" / "check_clinician.py"), str(CLINICIAN),
+                           "--db", str(mimicsql_db)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
 

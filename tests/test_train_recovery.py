@@ -298,7 +298,7 @@ def test_training_killed_at_any_moment_finishes_on_the_next_start_and_keeps_the_
     from medsql.predictor import Predictor
 
     root, params, write_params = tiny_project
-    params["train"].update(augment_copies=0, epochs=2, eval_every_epochs=1, max_wall_minutes=0)
+    params["train"].update(augment_copies=0, augment_phrasings=0, epochs=2, eval_every_epochs=1, max_wall_minutes=0)
     write_params()  # 48 pairs, batches of 8: 6 steps an epoch, checkpoints at steps 6 and 12
     stage = Stage(root)
     model = root / "models" / "medsql"
