@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv if missing, then run the whole pipeline (dvc repro) on the embedded default
+#               and push its data, model and run cache to the DVC remote (../medsql-dvc-remote)
 #   make test   create .venv if missing, then run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -23,6 +24,7 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 run: $(BIN)/.installed
 	dvc repro
+	dvc push --run-cache
 
 test: $(BIN)/.installed
 	pytest -q -rs --timeout=1500 $(PYTEST_ARGS)

@@ -5,8 +5,9 @@
 #
 # A file that exists already is kept (re-running never rotates a password a volume has stored).
 # The folder is private to you (0700); the files in it are 0644 because the containers read them
-# as their own users (postgres, redis, airflow), and only the services that list a secret see it.
-# Keep the folder outside the checkout: the checkout is mounted into every Airflow container.
+# as their own users (postgres, redis, airflow, minio), and only the services that list a secret see it.
+# Keep the folder outside the checkout, where no `git add` can put a secret into the history that
+# git-init copies to the git remote.
 set -euo pipefail
 dir=${1:?usage: docker/make-secrets.sh SECRETS_DIR}
 mkdir -p "$dir"
@@ -14,6 +15,10 @@ chmod 0700 "$dir"
 
 random_hex() { openssl rand -hex 24; }
 fernet_key() { openssl rand -base64 32 | tr '+/' '-_'; }   # 32 bytes, url-safe base64: what Fernet takes
+s3_key() { openssl rand -hex 20; }                           # 40 characters: MinIO's longest secret key
+s3_credentials() {  # an AWS credentials file (what AWS_SHARED_CREDENTIALS_FILE names) for account $1
+    printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s' "$1" "$(s3_key)"
+}
 
 write() {  # write NAME VALUE: without a trailing newline, unless the file exists
     local path="$dir/$1"
@@ -36,3 +41,6 @@ write airflow_admin_password "$(random_hex)"     # the Airflow UI login AIRFLOW_
 write mlflow_admin_password "$(random_hex)"      # MLflow basic auth: the admin account
 write mlflow_pipeline_password "$(random_hex)"   # MLflow basic auth: the account the pipeline's tasks use
 write mlflow_flask_secret_key "$(random_hex)"    # MLflow server: signs its CSRF tokens (basic auth needs one)
+write minio_root_user "$(random_hex)"            # the object store's root account (only minio and minio-init)
+write minio_root_password "$(s3_key)"            # ... and its password
+write dvc_s3_credentials "$(s3_credentials medsql-pipeline)"  # the DVC remote's account the tasks use

@@ -1,53 +1,53 @@
-"""Parameter overrides for one Airflow run, recorded as a DVC experiment and in MLflow.
+"""A run's parameter overrides: from the Airflow trigger form to one run's params.yaml, and the record.
 
-A run triggered with a configuration, e.g. ``{"train": {"epochs": 2}}``, must run every stage with
-that value, while each Airflow task still runs only its own DVC stage and the committed
-params.yaml stays as it is. DVC reads parameters from params.yaml only, so the run works the way
-``dvc exp run -S train.epochs=2`` does in the workspace, split over the DAG's tasks:
+A run triggered with a configuration must run every stage with those values while each Airflow task
+still runs only its own DVC stage, and the committed params.yaml stays as it is. DVC reads parameters
+from params.yaml only, so the run works the way ``dvc exp run -S train.epochs=2`` does, split over the
+DAG's tasks: the run's first task applies the overrides to the params.yaml of the run's own branch
+(medsql/workspace.py), every stage task then runs with them, and dvc.lock records the values each stage
+ran with. The finished run is saved as the DVC experiment ``airflow-<run id>`` and an MLflow run with the
+overrides as params and the tag ``medsql.overrides``; the register stage tags the model version with it.
 
-1. ``apply`` (the DAG's setup task) keeps a copy of params.yaml under .dvc/tmp and applies the
-   overrides to the workspace params.yaml with DVC's own ``--set-param`` code (Hydra override
-   grammar, comments kept, an unknown key is an error rather than a silently ignored typo).
-2. Each stage task runs ``dvc repro --single-item <stage>``: DVC sees the overridden values,
-   re-runs what they affect, skips the rest, and dvc.lock records the values each stage ran with.
-3. ``record`` (after register) saves the workspace as the DVC experiment ``airflow-<run id>``
-   (``dvc exp save``: a git ref under refs/exps holding params.yaml, dvc.lock and the metrics;
-   no branch moves) and logs an MLflow run with the overrides as params and the tag
-   ``medsql.overrides``; the register stage also tags the model version with it.
-4. ``restore`` (the DAG's teardown, run whatever happened) puts the kept params.yaml back.
+The configuration (JSON in $MEDSQL_OVERRIDES, the DAG's params) may hold:
 
-So no branch ever commits the overridden params.yaml (only the experiment ref holds it), the
-working copy is back as it was when the run ends, ``dvc exp show`` lists the run with its values,
-and a later run without overrides re-runs exactly the stages whose recorded values differ. Runs share
-one checkout, so the DAG allows one active run at a time. With no overrides every step is a no-op
-and the run is a plain ``dvc repro``, stage by stage.
+- the trigger form's knobs (``KNOBS``): ``epochs``, ``learning_rate``, ``profile``, ``limit``; null or
+  absent means params.yaml's value. ``epochs`` and ``learning_rate`` set the run's profile's own value
+  (``train.reference.epochs`` under the reference profile, ``train.epochs`` otherwise);
+- ``overrides``: any other params.yaml values, nested (``{"register": {"margin": 0.02}}``);
+- params.yaml sections at the top level, as ``dvc exp run -S`` takes them: ``{"train": {"epochs": 2}}``
+  or ``{"register.margin": 0.5}``.
 
-``python -m medsql.overrides apply|record|restore`` reads the run's configuration (JSON) from
-$MEDSQL_OVERRIDES and its id from $MEDSQL_RUN_ID, which the DAG sets from the run's context.
+An unknown key is an error naming it, never a silently ignored typo, and the values must pass the same
+checks as params.yaml's own (medsql/config.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from medsql import logs, paths
+from medsql import paths
 from medsql.config import ConfigError, load_config
 
 ENV_OVERRIDES = "MEDSQL_OVERRIDES"
 ENV_RUN_ID = "MEDSQL_RUN_ID"
 OVERRIDES_TAG = "medsql.overrides"
 EXPERIMENT_TAG = "medsql.dvc_experiment"
+# The trigger form's knobs (dags/medsql_pipeline.py declares them as Airflow Params with a JSON schema):
+# knob -> the params.yaml key it sets; "{profile}" is the run's profile's own section.
+KNOBS = {
+    "epochs": "{profile}epochs",
+    "learning_rate": "{profile}learning_rate",
+    "profile": "train.profile",
+    "limit": "evaluate.limit",
+}
+FREE_FORM = "overrides"  # the form's field for any other params.yaml values, nested
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,62 @@ class OverrideError(ValueError):
     pass
 
 
-def from_env() -> dict[str, Any]:
-    """The run's configuration from $MEDSQL_OVERRIDES ('' or '{}' means none)."""
+def from_env(params_path: Path | None = None) -> dict[str, Any]:
+    """The run's overrides, nested like params.yaml, from $MEDSQL_OVERRIDES ('' or '{}': none)."""
     text = os.environ.get(ENV_OVERRIDES, "").strip()
     if not text:
         return {}
     try:
-        conf = json.loads(text)
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise OverrideError(f"${ENV_OVERRIDES} is not JSON: {err}") from err
-    if conf is None:  # a run triggered without configuration
+    if raw is None:  # a run triggered without configuration
         return {}
-    if not isinstance(conf, dict):
-        raise OverrideError(f"${ENV_OVERRIDES} must be a JSON object, got {type(conf).__name__}")
+    if not isinstance(raw, dict):
+        raise OverrideError(f"${ENV_OVERRIDES} must be a JSON object, got {type(raw).__name__}")
+    return resolve(raw, params_path)
+
+
+def resolve(raw: dict[str, Any], params_path: Path | None = None) -> dict[str, Any]:
+    """The trigger form's knobs, its free-form field and top-level sections as one nested override."""
+    conf: dict[str, Any] = {}
+    free = raw.get(FREE_FORM) or {}
+    if not isinstance(free, dict):
+        raise OverrideError(f"{FREE_FORM!r} must be a JSON object of params.yaml values, got {free!r}")
+    for key, value in [*raw.items(), *free.items()]:
+        if key in KNOBS or key == FREE_FORM:
+            continue
+        _merge(conf, {key: value})
+    knobs = {key: raw[key] for key in KNOBS if raw.get(key) is not None}
+    if knobs:
+        profile = knobs.get("profile") or _profile(conf, params_path)
+        prefix = "train.reference." if profile == "reference" else "train."
+        for key, value in knobs.items():
+            _merge(conf, _nest(KNOBS[key].format(profile=prefix), value))
     return conf
+
+
+def _profile(conf: dict[str, Any], params_path: Path | None) -> str:
+    flat = flatten(conf)
+    if "train.profile" in flat:
+        return flat["train.profile"]
+    return load_config(params_path or paths.PARAMS).train.profile
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if "." in key:  # {"register.margin": 0.5}: the dotted form -S takes
+            _merge(base, _nest(key, value))
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def flatten(conf: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -122,84 +164,50 @@ def to_set_params(conf: dict[str, Any]) -> list[str]:
     return [f"{name}={_hydra_value(value)}" for name, value in flatten(conf).items()]
 
 
-def _backup_path() -> Path:
-    # DVC's own scratch folder: git-ignored, never committed, outside what `dvc exp save` records.
-    return paths.ROOT / ".dvc" / "tmp" / "medsql-params.yaml.before-overrides"
+def apply(conf: dict[str, Any], params_path: Path) -> list[str]:
+    """Write the overrides into `params_path` (comments kept); returns the -S style list.
 
-
-def apply(conf: dict[str, Any], params_path: Path | None = None, backup: Path | None = None) -> list[str]:
-    """Keep a copy of params.yaml, then write the overrides into it; returns the -S style list."""
+    Uses DVC's own --set-param code. An unknown key or a value params.yaml cannot take is an
+    OverrideError naming it, and the file is left as it was.
+    """
     from dvc.utils.hydra import apply_overrides
 
-    params_path, backup = params_path or paths.PARAMS, backup or _backup_path()
-
-    if restore(params_path, backup):  # a run that died before its teardown left its values behind
-        log.warning("restored %s left overridden by an interrupted run", params_path.name)
     set_params = to_set_params(conf)
     if not set_params:
         return []
-    check_keys(flatten(conf), yaml.safe_load(params_path.read_text()) or {})
-    backup.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(params_path, backup)
+    before = params_path.read_text()
+    check_keys(flatten(conf), yaml.safe_load(before) or {})
     try:
         apply_overrides(params_path, set_params)
         load_config(params_path)  # the overridden values pass the same checks as params.yaml's own
     except ConfigError as err:
-        restore(params_path, backup)
+        params_path.write_text(before)
         raise OverrideError(f"the run's configuration gives a value params.yaml cannot take: {err}") from err
     except Exception:
-        restore(params_path, backup)
+        params_path.write_text(before)
         raise
     return set_params
 
 
-def restore(params_path: Path | None = None, backup: Path | None = None) -> bool:
-    """Put back the params.yaml kept by apply(); False when there is nothing to restore."""
-    params_path, backup = params_path or paths.PARAMS, backup or _backup_path()
-    if not backup.exists():
-        return False
-    os.replace(backup, params_path)
-    return True
+def ref_safe(run_id: str) -> str:
+    """An Airflow run id as a git ref component and folder name ('manual__2026-01-01T00:00:00+00:00')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")[:110] or "run"
 
 
 def experiment_name(run_id: str) -> str:
-    """A DVC experiment name (a valid git ref component) for an Airflow run id."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")
-    return f"airflow-{cleaned}"[:120]
+    """The DVC experiment name of an Airflow run."""
+    return f"airflow-{ref_safe(run_id)}"
 
 
-def _git_repo(root: Path) -> bool:
-    done = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True)
-    return done.returncode == 0
-
-
-def record(conf: dict[str, Any], run_id: str, root: Path | None = None) -> str | None:
-    """Save the workspace as a DVC experiment and log the overrides to MLflow; returns its name."""
-    if not flatten(conf):
-        return None
-    root = root or paths.ROOT
-    name = experiment_name(run_id)
-    if _git_repo(root):
-        # Metrics are untracked or git-ignored outputs (cache: false): include them explicitly.
-        metrics = sorted(str(p.relative_to(root)) for p in (root / "metrics").glob("*.json"))
-        command = ["dvc", "exp", "save", "--force", "--name", name]
-        for path in metrics:
-            command += ["--include-untracked", path]
-        subprocess.run(command, cwd=root, check=True)
-    else:
-        log.warning("%s is not a git checkout with a commit: no DVC experiment, MLflow only", root)
-        name = None
-    _log_to_mlflow(conf, run_id, name, root)
-    return name
-
-
-def _log_to_mlflow(conf: dict[str, Any], run_id: str, experiment: str | None, root: Path) -> None:
+def log_run(conf: dict[str, Any], run_id: str, experiment: str | None, root: Path,
+            extra_tags: dict[str, str] | None = None) -> None:
+    """Log the run to MLflow: the overrides as params, the experiment, model run and version as tags."""
     import mlflow
 
     from medsql import tracking
 
     tracking.configure()
-    tags = {OVERRIDES_TAG: json.dumps(conf, sort_keys=True), "medsql.airflow_run_id": run_id}
+    tags = {OVERRIDES_TAG: json.dumps(conf, sort_keys=True), "medsql.airflow_run_id": run_id, **(extra_tags or {})}
     if experiment:
         tags[EXPERIMENT_TAG] = experiment
     model_info = root / "models" / "medsql" / "mlflow.json"
@@ -208,30 +216,10 @@ def _log_to_mlflow(conf: dict[str, Any], run_id: str, experiment: str | None, ro
     registered = root / "metrics" / "register.json"
     if registered.exists():
         tags["medsql.registered_version"] = str(json.loads(registered.read_text()).get("version", ""))
-    with mlflow.start_run(run_name=f"airflow overrides {run_id}", tags=tags):
+    query = " and ".join(f"tags.`{key}` = '{tags[key]}'" for key in ("medsql.airflow_run_id", "medsql.run_commit")
+                         if key in tags)
+    if "medsql.run_commit" in tags and mlflow.search_runs(filter_string=query, output_format="list", max_results=1):
+        log.info("MLflow already holds run %s at this commit: not logged twice", run_id)
+        return
+    with mlflow.start_run(run_name=f"airflow run {run_id}", tags=tags):
         mlflow.log_params({name: json.dumps(value) for name, value in flatten(conf).items()})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medsql.overrides", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["apply", "record", "restore"])
-    args = parser.parse_args(argv)
-    logs.configure()
-    try:
-        conf = from_env()
-        if args.action == "apply":
-            set_params = apply(conf)
-            log.info("overrides: %s", " ".join(f"-S {item}" for item in set_params) or "none")
-        elif args.action == "record":
-            name = record(conf, os.environ.get(ENV_RUN_ID) or "manual")
-            log.info("recorded as DVC experiment %s", name) if name else log.info("no overrides to record")
-        else:
-            log.info("params.yaml restored" if restore() else "params.yaml untouched: nothing to restore")
-    except OverrideError as err:
-        log.error("%s", err)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -128,8 +128,9 @@ def configure(experiment: str | None = None) -> str:
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     try:
         if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(name) is None:
-            # Local store: keep artifacts beside the database, not in ./mlruns of whatever cwd.
-            mlflow.create_experiment(name, artifact_location=(paths.ROOT / "mlartifacts").as_uri())
+            # Local store: keep artifacts beside the database, not in ./mlruns of whatever cwd (a
+            # per-run workspace of the DAG logs into its checkout's store: see medsql/workspace.py).
+            mlflow.create_experiment(name, artifact_location=(sqlite_path(uri).parent / "mlartifacts").as_uri())
         mlflow.set_experiment(name)
     except MlflowException as err:
         raise TrackingError(failure(err, uri)) from err

@@ -18,8 +18,9 @@ moment: on start, a checkpoint the kill left half-written is set aside (the one 
 used), staging folders of dead writers are removed, and MLflow runs left RUNNING by a dead
 process are marked KILLED; the model folder is swapped in whole, so the last good model stays
 in place until a new one is complete. Runs unchanged under `torchrun` / `accelerate launch`
-(the Trainer does the data parallelism). Logs to MLflow: params, losses, validation metrics,
-the curve, the model.
+(the Trainer does the data parallelism); only rank 0 logs (to MLflow and above warnings), cleans up,
+calibrates and saves, the other ranks train and validate with it and stop. Logs to MLflow: params,
+losses, validation metrics, the curve, the model.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     import mlflow
     from transformers import set_seed
 
-    tracking.configure()
-    recover_interrupted()
+    main_rank = is_main_process()
+    if main_rank:  # one writer: the other ranks of a torchrun job leave MLflow and the outputs to rank 0
+        tracking.configure()
+        recover_interrupted()
     set_seed(train.seed)
     rows, val_rows, values, added = load_data(train, preprocess)
     model, tokenizer = build(train, rows)
@@ -87,6 +90,10 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     run_dir = paths.CHECKPOINTS / fingerprint(train, preprocess)
     args = training_arguments(train, run_dir, len(train_ds), meta["name"])
     os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "true")
+    if not main_rank:
+        trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values)
+        summary, _ = fit(trainer, run_dir)  # the Trainer saves checkpoints on rank 0 only
+        return summary
     with mlflow.start_run(run_name=meta["name"], tags=process_tags()) as active:
         mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
         trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values)
@@ -100,6 +107,11 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints have served
     shutil.rmtree(set_aside_dir(run_dir), ignore_errors=True)
     return summary
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate job (RANK), or a plain single-process run."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def recover_interrupted() -> None:
@@ -727,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     logs.configure()
+    if not is_main_process():  # rank 0 speaks for the job
+        logging.getLogger().setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         cfg = load_config()
@@ -734,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainError) as err:
         log.error("%s", err)
         return 1
-    log.info("done: %s", json.dumps(summary))
+    if is_main_process():
+        log.info("done: %s", json.dumps(summary))
     return 0
 
 

@@ -39,7 +39,8 @@ password_file=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
       password=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$password_file")
       printf '\n  medsql: Airflow is up at http://127.0.0.1:%s\n' "$PORT"
       printf '  log in as admin, password %s (kept in %s)\n' "$password" "$password_file"
-      printf '  DAG medsql_pipeline: Trigger, optionally with configuration JSON such as {"train": {"epochs": 2}}.\n'
+      printf '  DAG medsql_pipeline: Trigger; the form sets epochs, learning rate, profile, evaluation limit, other params.\n'
+      printf '  Runs start from the last commit of %s (workspaces in %s).\n' "$PROJECT" "$AIRFLOW_HOME/medsql-workspaces"
       printf '  Ctrl-C stops Airflow.\n\n'
       exit 0
     fi

@@ -1,6 +1,6 @@
 """The demo page driven in headless Chromium (Debian's /usr/bin/chromium through Playwright).
 
-`scripts/install_chromium.sh` installs Chromium (`.ci/run` calls it); without it these tests skip.
+`scripts/install_test_packages.sh` installs Chromium (`.ci/run` calls it); without it these tests skip.
 
 The main case serves deterministic test models (test_demo_api's LookupModel and SureLookupModel:
 the champion answers the dataset's SQL for the dataset's questions, with a low confidence and next
@@ -50,7 +50,7 @@ SCREENSHOT = paths.REPORTS / "demo.png"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
-    reason=f"{CHROMIUM} missing: run scripts/install_chromium.sh (apt-get install chromium)",
+    reason=f"{CHROMIUM} missing: run scripts/install_test_packages.sh (apt-get install chromium)",
 )
 
 

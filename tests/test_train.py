@@ -173,6 +173,26 @@ def test_training_killed_mid_run_resumes_from_last_checkpoint(tiny_project) -> N
     assert (root / "models" / "medsql" / "medsql.json").is_file()
 
 
+def test_under_torchrun_only_rank_0_logs_and_saves(tiny_project) -> None:
+    # Two CPU processes (gloo): both train, one MLflow run, one model folder, one summary, one voice.
+    import mlflow
+
+    root, params, write_params = tiny_project
+    write_params()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "medsql.train"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_name, r.info.status) for r in runs]
+    assert (root / "models" / "medsql" / "medsql.json").is_file()
+    assert json.loads((root / "metrics" / "train.json").read_text())["epochs_completed"] == pytest.approx(2.0)
+    assert output.count(" done: {") == 1, output[-3000:]
+    assert not list(root.glob("models/.medsql.staging-*")) and not list(root.glob("checkpoints/*/checkpoint-*"))
+
+
 def test_wall_clock_limit_stops_training_with_a_last_evaluation_and_checkpoint() -> None:
     from transformers import TrainerControl
 
