@@ -35,10 +35,11 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 DAG = "medsql_pipeline"
 # The first run trains long enough to be killed after a checkpoint (validation and a checkpoint
-# every epoch); the second trains for 2 epochs with another learning rate. Both evaluate the whole
-# test split: only a full evaluation may set the registry's aliases.
-RUN_A = {"epochs": 6, "limit": 0, "overrides": {"train": {"max_train_rows": 96}}}
-RUN_B = {"epochs": 2, "learning_rate": 0.005, "limit": 0}
+# every epoch) and evaluates the whole test split: only a full evaluation may set the registry's
+# aliases. The second trains for 2 epochs with another learning rate and makes a smoke evaluation
+# (20 rows): its version is registered, labelled partial, and moves no alias.
+RUN_A = {"epochs": 4, "limit": 0, "overrides": {"train": {"max_train_rows": 96}}}
+RUN_B = {"epochs": 2, "learning_rate": 0.005, "limit": 20}
 
 
 def run(command: list[str], env: dict[str, str], timeout: float) -> None:
@@ -281,8 +282,9 @@ def test_two_runs_at_once_on_two_workers_survive_a_killed_gpu_worker(deployment)
     # Each run ran with its own parameters, recorded on its own branch.
     params_a = yaml.safe_load(deployment.on_branch(run_a, "params.yaml"))
     params_b = yaml.safe_load(deployment.on_branch(run_b, "params.yaml"))
-    assert (params_a["train"]["epochs"], params_b["train"]["epochs"]) == (6, 2)
-    assert params_b["train"]["learning_rate"] == 0.005 and params_a["evaluate"]["limit"] == 0
+    assert (params_a["train"]["epochs"], params_b["train"]["epochs"]) == (4, 2)
+    assert params_b["train"]["learning_rate"] == 0.005
+    assert (params_a["evaluate"]["limit"], params_b["evaluate"]["limit"]) == (0, 20)
 
     # Each run recorded its own DVC experiment in the git remote and its own MLflow run.
     experiments = subprocess.run(["git", "for-each-ref", "--format=%(refname:short)", "refs/exps"],
@@ -297,15 +299,18 @@ def test_two_runs_at_once_on_two_workers_survive_a_killed_gpu_worker(deployment)
                                  "tags.`medsql.airflow_run_id` != ''")
     assert sorted(run.data.tags["medsql.airflow_run_id"] for run in records) == sorted([run_a, run_b])
 
-    # Exactly one version per run in the MLflow server, with champion and challenger set.
+    # Exactly one version per run in the MLflow server; champion on run A's (the full evaluation),
+    # challenger on the one registered last; run B's smoke evaluation is labelled partial, never champion.
     name = params_a["register"]["model_name"]
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) == 2, [(v.version, v.tags) for v in versions]
-    registered = {json.loads(deployment.on_branch(run_id, "metrics/register.json"))["version"]
+    registered = {run_id: str(json.loads(deployment.on_branch(run_id, "metrics/register.json"))["version"])
                   for run_id in (run_a, run_b)}
-    assert registered == {int(v.version) for v in versions}
+    assert set(registered.values()) == {v.version for v in versions}
     aliases = {alias: client.get_model_version_by_alias(name, alias).version for alias in ("champion", "challenger")}
-    assert set(aliases.values()) <= {v.version for v in versions}
+    assert aliases["champion"] == registered[run_a] and aliases["challenger"] in registered.values()
+    smoke = client.get_model_version(name, registered[run_b])
+    assert smoke.tags["evaluation"].startswith("partial (20 of ") and "execution_accuracy" not in smoke.tags
 
     # The outputs are in the DVC remote: a fresh clone of a run's branch gets data, model and metrics
     # with `dvc pull`, without running a stage.
