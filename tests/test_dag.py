@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import mlflow
 import pytest
 import yaml
 from scratch import scratch_project
+from services import free_port
 
 from medsql import overrides
 from medsql.pipeline import load_pipeline
@@ -326,11 +326,6 @@ def downstream_of(stage: str) -> list[str]:
                 todo.append(after)
     return [name for name in STAGES if name in found]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request(method: str, url: str, body: dict | None = None, token: str | None = None) -> dict:

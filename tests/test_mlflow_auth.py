@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
+from services import free_port
 
 from medsql.predictor import Predictor, PredictorError
 from medsql.registry import CHAMPION, promote_command, register_and_gate
@@ -40,11 +40,6 @@ class FixedSQL(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
         return ["SELECT 1" for _ in model_input["question"]]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

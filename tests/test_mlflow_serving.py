@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from services import free_port
 from test_predictor import untrained_model
 
 from medsql.registry import CHAMPION, register_and_gate
@@ -33,11 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 NAME = "medsql"  # params.yaml register.model_name: what `models:/medsql@champion` names
 QUESTIONS = ["how many patients are over 65?", "how many female patients were admitted in an emergency?"]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_serving(server: subprocess.Popen, url: str, log_path: Path, limit_s: float = 300) -> None:
