@@ -179,15 +179,18 @@ class TrainConfig:
     profile: str = _setting("embedded", *_one_of("embedded", "reference"))  # embedded: T5 from scratch, CPU
     seed: int = 42
     target_form: str = _setting("compact", *_TARGET_FORM)  # compact (medsql.sqlform) | the dataset's SQL
-    max_input_tokens: int = _setting(64, _positive, "must be positive")
+    max_input_tokens: int = _setting(96, _positive, "must be positive")
     max_target_tokens: int = _setting(64, _positive, "must be positive")
+    # Value-linker candidates appended to the model input (`question | diagnoses.short_title: ...`),
+    # best first (medsql.linking): the model chooses among grounded values instead of spelling them. 0 = none.
+    link_candidates: int = _setting(4, lambda v: 0 <= v <= 8, "must be from 0 to 8 (medsql.linking.MAX_LINKS)")
     train_variants: list[str] = _setting(["template", "natural", "natural_v2"])  # wordings trained on
     max_train_rows: int = _setting(0, _non_negative, "must be 0 (all) or positive")  # small: smoke runs
     augment_copies: int = _setting(1, _non_negative, "must be 0 or positive")  # value-swapped copies per pair
     # New pairs per training pair written from its structure in people's phrasings (medsql.augment).
-    augment_phrasings: int = _setting(1, _non_negative, "must be 0 or positive")
+    augment_phrasings: int = _setting(2, _non_negative, "must be 0 or positive")
     max_steps: int = _setting(0, _non_negative, "must be 0 (use epochs) or positive")
-    epochs: float = _setting(9, _positive, "must be positive")
+    epochs: float = _setting(7, _positive, "must be positive")
     optimizer: str = _setting("adafactor", *_OPTIMIZER)  # adafactor: updates scaled to each weight's RMS
     learning_rate: float = _setting(0.01, _positive, "must be positive")
     lr_scheduler: str = "cosine"

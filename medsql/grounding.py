@@ -51,15 +51,24 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
     return found
 
 
+def check(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = ()) -> list[list[str]]:
+    """Each candidate's problems, in order (a SQL text the beam gave twice is checked once)."""
+    links, found = list(links), {}
+    for sql in candidates:
+        if sql not in found:
+            found[sql] = problems(sql, values, links)
+    return [found[sql] for sql in candidates]
+
+
+def first_grounded(found: Sequence[list[str]]) -> tuple[int, list[str]]:
+    """(index of the first candidate without problems, []) or, when none is, (0, the top one's problems)."""
+    for index, problems_of in enumerate(found):
+        if not problems_of:
+            return index, []
+    return 0, (list(found[0]) if found else ["no candidate"])
+
+
 def choose(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = ()
            ) -> tuple[int, list[str]]:
     """(index of the first candidate that qualifies, []) or, when none does, (0, the top one's problems)."""
-    links = list(links)
-    first: list[str] | None = None
-    for index, sql in enumerate(candidates):
-        found = problems(sql, values, links)
-        if not found:
-            return index, []
-        if first is None:
-            first = found
-    return 0, first or ["no candidate"]
+    return first_grounded(check(candidates, values, links))

@@ -207,7 +207,9 @@ class Linker:
             table, column, value, value_words = self._entries[index]
             if count < MIN_COVERAGE * len(value_words):
                 continue
-            matched = [w for w in value_words if any(_same_word(w, s) for s in stated)]
+            # A one-word value must be stated whole (or misspelt): as a prefix it is another word
+            # ("young" of "youngest", "base" of "baseline"); abbreviations live in longer titles.
+            matched = [w for w in value_words if any(_same_word(w, s, len(value_words) > 1) for s in stated)]
             coverage = len(matched) / len(value_words)
             if coverage < MIN_COVERAGE or (len(value_words) == 1 and len(matched[0]) < 5 if matched else True):
                 continue
@@ -234,24 +236,32 @@ def _inside(span: str, phrase: str) -> bool:
     return span != phrase and f" {span} " in f" {phrase} "
 
 
-def _same_word(value_word: str, stated: str) -> bool:
+def _same_word(value_word: str, stated: str, prefix: bool = True) -> bool:
     if value_word == stated:
         return True
-    if len(value_word) >= PREFIX_CHARS and stated.startswith(value_word):
+    if prefix and len(value_word) >= PREFIX_CHARS and stated.startswith(value_word):
         return True  # the dictionary's abbreviation of the stated word ("urin" of "urinary")
     return min(len(value_word), len(stated)) >= 5 and fuzz.ratio(value_word, stated) >= SPELLING_RATIO
 
 
 def _without_shadowed(ranked: list[Link]) -> list[Link]:
-    """Drop a link whose whole span lies inside a longer exact span already linked to the same column
-    ("heart failure" inside "congestive heart failure")."""
+    """Drop a link whose whole span lies inside a longer span already linked at least as well: one
+    phrase of a question names one value ("heart failure" inside "congestive heart failure"; the drug
+    type "base" inside the diagnosis "cl skul base fx-coma nos")."""
     kept: list[Link] = []
     for link in ranked:
-        if any(k.column == link.column and k.table == link.table and link.span != k.span
-               and _inside(link.span, k.span) and k.score >= link.score for k in kept):
+        if any(link.span != k.span and _inside(link.span, k.span) and k.score >= link.score for k in kept):
             continue
         kept.append(link)
     return kept
+
+
+def input_linker(values: ValueIndex) -> Linker:
+    """The linker whose candidates go into the model input, in training and at answer time: over what
+    the database holds (demo tables, code dictionaries), not the training split's literals. With them
+    every training question would find its own literal, and the model would learn to lean on a
+    candidate that a new question's value (a patient, a drug the database lacks) never has."""
+    return Linker(values.database_only())
 
 
 def render_links(links: list[Link]) -> str:

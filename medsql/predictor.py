@@ -28,8 +28,8 @@ import sqlparse
 from medsql import grounding, paths
 from medsql.confidence import Answer, Calibration, features, uncalibrated
 from medsql.evaluation.recovery import ValueIndex
-from medsql.linking import Linker
-from medsql.sqlform import FormError, parse_compact, render_sql
+from medsql.linking import Link, Linker, input_linker, render_links
+from medsql.sqlform import FormError, Query, parse_compact, render_sql
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, model_input, normalise_question
 
 __all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorError", "QuestionError", "check_beams"]
@@ -91,6 +91,7 @@ class Predictor:
         self._by_beams: dict[int, Any] = {}
         self.calibration = Calibration.load(model_dir)
         self._linker: Linker | None = None
+        self._links: dict[str, list[Link]] = {}
 
     @classmethod
     def from_parts(cls, model, tokenizer, meta: dict[str, Any], values: ValueIndex | None) -> Predictor:
@@ -100,14 +101,15 @@ class Predictor:
         predictor.model, predictor.tokenizer, predictor.meta, predictor.values = model, tokenizer, meta, values
         predictor.device = next(model.parameters()).device if model is not None else "cpu"
         predictor._by_beams = {}  # the model stays as it is: the Trainer generates with it too
-        predictor.calibration, predictor._linker = None, None
+        predictor.calibration, predictor._linker, predictor._links = None, None, {}
         return predictor
 
     @property
     def linker(self) -> Linker | None:
-        """The value linker over the folder's values (built on first use; None without values.json)."""
+        """The value linker over the database's values in the folder (built on first use; None without
+        values.json). Its candidates join the model input (`link_candidates`) and count as grounded."""
         if self._linker is None and self.values is not None:
-            self._linker = Linker(self.values)
+            self._linker = input_linker(self.values)
         return self._linker
 
     @property
@@ -184,9 +186,22 @@ class Predictor:
             except QuestionError as err:
                 raise (QuestionError(f"question {number} of {len(questions)}: {err}") if len(questions) > 1
                        else err) from None
-            question = normalise_question(question, self.meta["lowercase_questions"])
-            texts.append(model_input(question, self.meta["task_prefix"], self.meta["schema_context"]))
+            text = model_input(normalise_question(question, self.meta["lowercase_questions"]),
+                               self.meta["task_prefix"], self.meta["schema_context"])
+            if self.meta.get("link_candidates") and self.linker is not None:
+                text += render_links(self.links(question)[: self.meta["link_candidates"]])
+            texts.append(text)
         return texts
+
+    def links(self, question: str) -> list[Link]:
+        """The linker's candidates for a question (none without values.json), kept for the answer that follows."""
+        if self.linker is None:
+            return []
+        if question not in self._links:
+            if len(self._links) >= 4096:
+                self._links.clear()
+            self._links[question] = self.linker.link(question)
+        return self._links[question]
 
     def generate(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32) -> list[str]:
         """Raw decoded model outputs, the top candidate of each (compact form or SQL, per the target form)."""
@@ -228,6 +243,8 @@ class Predictor:
                 query = parse_compact(output)
             except FormError:
                 return output  # not expandable: return it as it came, so evaluation counts it wrong
+            # A condition written twice (`age < 2110 and age < 2110`, a small model's stutter) is one.
+            query = Query(query.select, list(dict.fromkeys(query.conditions)))
             # The compact form is lower-case: literals get their stored casing back.
             output = render_sql(self.values.recover_query(query, fuzzy=False) if self.values else query)
         return self.values.recover(output, question) if self.values and question else output
@@ -243,10 +260,11 @@ class Predictor:
                 in zip(questions, self.candidates(questions, num_beams, batch_size), strict=True)]
 
     def _answer(self, question: str, candidates: list[tuple[str, float]]) -> Answer:
-        links = self.linker.link(question) if self.linker is not None else []
-        raw = [self.to_sql(output) for output, _ in candidates]
+        links = self.links(question)
         recovered = [self.to_sql(output, question) for output, _ in candidates]
-        chosen, problems = grounding.choose(recovered, self.values, links)
+        found = grounding.check(recovered, self.values, links)
+        chosen, problems = grounding.first_grounded(found)
+        grounded = {sql: not problems_of for sql, problems_of in zip(recovered, found, strict=True)}
         # Candidates that read the same once recovered are one answer: the next distinct one is the rival.
         distinct = list(dict.fromkeys(recovered))
         logprobs = {sql: max(lp for (_, lp), r in zip(candidates, recovered, strict=True) if r == sql)
@@ -254,8 +272,7 @@ class Predictor:
 
         def described(sql: str, passed_over: bool) -> dict[str, float]:
             rivals = [logprobs[other] for other in distinct if other != sql]
-            return features(logprobs[sql], max(rivals) if rivals else None,
-                            not grounding.problems(sql, self.values, links), passed_over)
+            return features(logprobs[sql], max(rivals) if rivals else None, grounded[sql], passed_over)
 
         def confidence(values: dict[str, float]) -> float:
             return round(self.calibration.probability(values) if self.calibration else uncalibrated(values), 4)
@@ -264,8 +281,9 @@ class Predictor:
         chosen_features = described(sql, chosen > 0)
         score = confidence(chosen_features)
         others = [other for other in distinct if other != sql][:ALTERNATIVES]
-        return Answer(sql=sql, raw_sql=raw[chosen], confidence=score, uncertain=score < self.min_confidence,
-                      grounded=not problems, problems=tuple(problems), chosen=chosen, top_sql=recovered[0],
+        return Answer(sql=sql, raw_sql=self.to_sql(candidates[chosen][0]), confidence=score,
+                      uncertain=score < self.min_confidence, grounded=not problems, problems=tuple(problems),
+                      chosen=chosen, top_sql=recovered[0],
                       alternatives=tuple((other, confidence(described(other, other != recovered[0])))
                                          for other in others),
                       calibrated=self.calibration is not None, features=chosen_features)

@@ -150,7 +150,20 @@ def load_data(train: TrainConfig, preprocess: PreprocessConfig
                                  preprocess.lowercase_questions, preprocess.schema_context)
         log.info("%d pairs in new phrasings added (%s)", len(extra), stats)
         rows, added["phrasings"] = rows + extra, stats
+    if train.link_candidates and values is not None:
+        rows, val_rows = with_links(rows, values, train.link_candidates), with_links(val_rows, values,
+                                                                                     train.link_candidates)
+        added["linked_inputs"] = sum(" | " in r["input"] for r in rows)
     return rows, val_rows, values, added
+
+
+def with_links(rows: list[dict[str, Any]], values, count: int) -> list[dict[str, Any]]:
+    """The rows with the linker's best `count` candidates for each question appended to its model input,
+    as the Predictor appends them at answer time (`Predictor.model_inputs`)."""
+    from medsql.linking import input_linker, render_links
+
+    linker = input_linker(values)
+    return [dict(r, input=r["input"] + render_links(linker.link(r["question"])[:count])) for r in rows]
 
 
 def load_rows(split: str, variants: list[str] | None = None, limit: int = 0) -> list[dict[str, Any]]:
@@ -249,6 +262,7 @@ def model_meta(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, An
         "lowercase_questions": preprocess.lowercase_questions,
         "num_beams": train.num_beams,
         "min_confidence": train.min_confidence,
+        "link_candidates": train.link_candidates,
         "max_input_tokens": train.max_input_tokens,
         "max_target_tokens": train.max_target_tokens,
         "base_model": train.reference.base_model if train.profile == "reference" else None,

@@ -24,6 +24,18 @@ from pathlib import Path
 import psutil
 
 
+def rest(method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 60) -> dict:
+    """One JSON request to a REST API (Airflow's), as a user's script makes it: the reply's JSON ({} if empty)."""
+    import json
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=timeout) as reply:
+        return json.loads(reply.read() or b"{}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

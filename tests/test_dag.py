@@ -21,7 +21,7 @@ import mlflow
 import pytest
 import yaml
 from scratch import scratch_project
-from services import free_port
+from services import free_port, rest
 
 from medsql import overrides
 from medsql.pipeline import load_pipeline
@@ -328,16 +328,6 @@ def downstream_of(stage: str) -> list[str]:
 
 
 
-def request(method: str, url: str, body: dict | None = None, token: str | None = None) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    prepared = urllib.request.Request(url, data, headers, method=method)
-    with urllib.request.urlopen(prepared, timeout=30) as reply:
-        return json.loads(reply.read() or b"{}")
-
-
 def trigger_with_standalone(project: Path, tmp_path: Path, conf: dict) -> tuple[str, dict, str]:
     """`make airflow`'s script, then the REST API as a user would call it: log in, trigger, poll.
 
@@ -358,24 +348,24 @@ def trigger_with_standalone(project: Path, tmp_path: Path, conf: dict) -> tuple[
             time.sleep(2)
         password_file = home / "simple_auth_manager_passwords.json.generated"
         login = {"username": "admin", "password": json.loads(password_file.read_text())["admin"]}
-        token = request("POST", f"{base}/auth/token", login)["access_token"]
+        token = rest("POST", f"{base}/auth/token", login)["access_token"]
         while True:  # the DAG processor parses dags/ shortly after start
             try:
-                dag = request("GET", f"{base}/api/v2/dags/medsql_pipeline", token=token)
+                dag = rest("GET", f"{base}/api/v2/dags/medsql_pipeline", token=token)
                 break
             except urllib.error.HTTPError:
                 assert time.monotonic() < deadline, log_path.read_text()[-5000:]
                 time.sleep(2)
         assert dag["is_paused"] is False  # the script un-pauses new DAGs: Trigger just works
-        run = request("POST", f"{base}/api/v2/dags/medsql_pipeline/dagRuns",
+        run = rest("POST", f"{base}/api/v2/dags/medsql_pipeline/dagRuns",
                       {"logical_date": None, "conf": conf}, token=token)
         run_url = f"{base}/api/v2/dags/medsql_pipeline/dagRuns/{run['dag_run_id']}"
         deadline = time.monotonic() + 1500
         state = run["state"]
         while state not in ("success", "failed") and time.monotonic() < deadline:
             time.sleep(5)
-            state = request("GET", run_url, token=token)["state"]
-        tasks = request("GET", f"{run_url}/taskInstances", token=token)["task_instances"]
+            state = rest("GET", run_url, token=token)["state"]
+        tasks = rest("GET", f"{run_url}/taskInstances", token=token)["task_instances"]
         return state, {task["task_id"]: task["state"] for task in tasks}, run["dag_run_id"]
     finally:  # stop every process of the group this test started (the API server exits last)
         os.killpg(server.pid, signal.SIGTERM)

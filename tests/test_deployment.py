@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 from scratch import ROOT, scratch_project
-from services import Process, Services, answers, free_port, start, start_postgres, start_redis, wait_for
+from services import Process, Services, answers, free_port, rest, start, start_postgres, start_redis, wait_for
 
 from medsql import overrides
 
@@ -175,13 +175,7 @@ class Deployment:
     # -- the REST API, as a user calls it -------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = json.dumps(body).encode() if body is not None else None
-        prepared = urllib.request.Request(self.base + path, data, headers, method=method)
-        with urllib.request.urlopen(prepared, timeout=60) as reply:
-            return json.loads(reply.read() or b"{}")
+        return rest(method, self.base + path, body, self.token if auth else None)
 
     def trigger(self, conf: dict) -> str:
         return self.request("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]

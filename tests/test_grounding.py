@@ -42,6 +42,18 @@ def test_the_best_qualifying_candidate_is_chosen_and_none_qualifying_says_why(va
     assert chosen == 0 and why == ['DEMOGRAPHIC.AGE is a number, compared with text "old"']
 
 
+grounding_real = grounding.query_problems
+
+
+def test_each_candidate_is_checked_once_and_its_problems_kept_for_the_answer(values, monkeypatch):
+    beam = [DRUG.format("not a drug"), DRUG.format("Furosemide"), DRUG.format("not a drug")]
+    calls = []
+    monkeypatch.setattr(grounding, "query_problems", lambda q, *a: calls.append(q) or grounding_real(q, *a))
+    found = grounding.check(beam, values)
+    assert len(calls) == 2 and found[0] == found[2] == ['"not a drug" is not a value of PRESCRIPTIONS.DRUG']
+    assert found[1] == [] and grounding.first_grounded(found) == (1, [])
+
+
 def test_a_patient_name_the_database_does_not_know_does_not_qualify(values):
     named = 'SELECT DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."NAME" = "{}"'
     known = values.values("DEMOGRAPHIC", "NAME")[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medsql.evaluation.recovery import ValueIndex
-from medsql.linking import LEXICON, LexiconError, Linker, linking_recall, load_lexicon, render_links
+from medsql.linking import LEXICON, LexiconError, Linker, input_linker, linking_recall, load_lexicon, render_links
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,28 @@ def test_a_lexicon_phrase_is_not_linked_by_its_single_words(linker):
 def test_codes_are_linked_only_when_the_question_speaks_of_a_code(linker):
     assert ("DIAGNOSES", "ICD9_CODE", "4019") in found(linker, "patients whose icd9 code is 4019")
     assert not any(c == "ICD9_CODE" for _, c, _ in found(linker, "patients older than 4019"))
+
+
+def test_one_phrase_names_one_value_so_a_word_inside_a_longer_linked_value_is_not_linked(linker):
+    links = found(linker, "how many patients whose diagnoses short title is cl skul base fx-coma nos?")
+    assert ("DIAGNOSES", "SHORT_TITLE", "Cl skul base fx-coma NOS") in links
+    assert not any(column == "DRUG_TYPE" for _, column, _ in links), "'base' is part of the diagnosis"
+
+
+def test_a_one_word_value_is_linked_only_when_stated_whole(linker):
+    assert ("LAB", "LABEL", "Young") not in found(linker, "age of the youngest female pt")
+    assert ("DEMOGRAPHIC", "ADMISSION_TYPE", "URGENT") in found(linker, "how many urgent admissions?")
+
+
+def test_the_model_input_links_only_what_the_database_holds(mimicsql_db, real_splits):
+    values = ValueIndex.build(mimicsql_db, real_splits / "train.jsonl")
+    database = values.database_only()
+    # A patient the training split names but the demo database does not hold.
+    name = next(v for v in values.values("DEMOGRAPHIC", "NAME") if database.holds("DEMOGRAPHIC", "NAME", v) is False)
+    question = f"how many patients named {name.lower()}?"
+    assert ("DEMOGRAPHIC", "NAME", name) in found(Linker(values), question)
+    assert not any(column == "NAME" for _, column, _ in found(input_linker(values), question))
+    assert ("PRESCRIPTIONS", "DRUG", "Furosemide") in found(input_linker(values), "pts on lasix")
 
 
 def test_links_render_as_the_model_input_tail(linker):

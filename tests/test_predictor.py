@@ -184,3 +184,31 @@ def test_trained_model_answers_alike_batched_or_alone(request) -> None:
     questions = [r["question"] for r in read_jsonl(split)][::20][:32]
     alone = [predictor.predict([q])[0] for q in questions]
     assert predictor.predict(questions, batch_size=16) == alone
+
+
+def test_linked_candidates_join_the_model_input_as_training_wrote_them(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from medsql.train import with_links
+
+    folder = tmp_path / "linked"
+    shutil.copytree(tiny_model, folder)
+    meta = json.loads((folder / "medsql.json").read_text())
+    (folder / "medsql.json").write_text(json.dumps(meta | {"link_candidates": 2}))
+    linked, plain = Predictor(folder), Predictor(tiny_model)
+    question = "How many pts on lasix came in through the ER?"
+    text = linked.model_inputs([question])[0]
+    assert text.startswith(plain.model_inputs([question])[0])
+    assert " | prescriptions.drug: furosemide" in text  # the lexicon's "lasix", in the stored value
+    assert " | demographic.admission_location: emergency room admit" in text
+    assert text.count(" | ") == 2
+    # The train stage appends the same candidates to the same question's input.
+    row = {"question": question, "input": plain.model_inputs([question])[0]}
+    assert with_links([row], linked.values, 2)[0]["input"] == text
+    assert linked.answer([question])[0].sql  # and the model reads it
+
+
+def test_a_condition_the_model_writes_twice_is_read_once(predictor: Predictor) -> None:
+    sql = predictor.to_sql('count_distinct demographic.subject_id where demographic.admityear < " 2110 " '
+                           'and demographic.admityear < " 2110 "')
+    assert [c.value for c in parse_sql(sql).conditions] == ["2110"]

@@ -161,6 +161,11 @@ class ValueIndex:
                         counts[(cond.table, cond.column)][0][cond.value] += 1
         return cls(counts, threshold)
 
+    def database_only(self) -> ValueIndex:
+        """The same index without the training split's literals: only what the database holds."""
+        return ValueIndex({key: (Counter(), db) for key, (_, db) in self._counts.items()}, self.threshold,
+                          self.span_threshold)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the index as JSON (the train stage ships it inside the model folder)."""
         data = {f"{t}.{c}": [dict(train), dict(db)] for (t, c), (train, db) in self._counts.items()}
