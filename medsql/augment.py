@@ -15,6 +15,10 @@ dataset's structured form):
   through / came in via; ...), and a value the clinical lexicon (medsql/resources/lexicon.yaml)
   has a name for is sometimes said by that name ("lasix" for Furosemide, "chf", "by mouth" for PO).
 
+- structure (off by default, `train.augment_extra_conditions`): a share of the pairs about counted
+  or aggregated patients gets one more condition (gender, age, insurance, a diagnosis, a drug, its
+  route, a lab ...), so three AND-ed conditions and pairs of tables the dataset never has are seen.
+
 Queries with a part no template covers (dates, doses, units) get no new pairs. Everything is drawn
 from one seeded random generator: the same seed, rows and values give the same pairs.
 """
@@ -28,6 +32,7 @@ from typing import Any
 from medsql.evaluation.recovery import ValueIndex
 from medsql.explain import column_name
 from medsql.linking import LEXICON, load_lexicon, normalised
+from medsql.schema import TABLE_ORDER
 from medsql.sqlform import Condition, FormError, Query, parse_sql, render_sql
 from medsql.text import model_input, normalise_question
 
@@ -111,6 +116,15 @@ _AGGREGATE = {
     ("avg", "DAYS_STAY"): ["what is the average length of stay of {p}", "avg los of {p}"],
 }
 _SHOW = ["what is the {c} of", "show the {c} of", "list the {c} for", "give me the {c} of", "{c} of"]
+# Columns a pair may get one more condition on (train.augment_extra_conditions, the share of pairs):
+# the dataset's queries have at most two conditions and few pairs of tables (never a drug with its
+# route, a diagnosis with a procedure); people ask "female medicare pts over 80", "pts who got lasix iv".
+_EXTRA = [("DEMOGRAPHIC", "GENDER"), ("DEMOGRAPHIC", "AGE"), ("DEMOGRAPHIC", "EXPIRE_FLAG"),
+          ("DEMOGRAPHIC", "DAYS_STAY"), ("DEMOGRAPHIC", "ADMISSION_TYPE"), ("DEMOGRAPHIC", "INSURANCE"),
+          ("DEMOGRAPHIC", "MARITAL_STATUS"), ("DEMOGRAPHIC", "ADMISSION_LOCATION"),
+          ("DEMOGRAPHIC", "DISCHARGE_LOCATION"), ("DEMOGRAPHIC", "ETHNICITY"), ("DEMOGRAPHIC", "DIAGNOSIS"),
+          ("DIAGNOSES", "SHORT_TITLE"), ("PROCEDURES", "SHORT_TITLE"), ("PRESCRIPTIONS", "DRUG"),
+          ("PRESCRIPTIONS", "ROUTE"), ("LAB", "LABEL"), ("LAB", "FLAG")]
 LEXICON_SHARE = 0.5   # chance a value the lexicon has a name for is said by that name
 SWAP_SHARE = 0.5      # chance a literal is swapped for another real value of its column
 OPERATOR_SHARE = 0.5  # chance a numeric comparison takes another operator
@@ -133,8 +147,10 @@ class _Words:
 
 
 def phrasings(rows: list[dict[str, Any]], values: ValueIndex | None, copies: int, seed: int,
-              task_prefix: str, lowercase: bool, with_schema: bool) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """`copies` new pairs per training row (those the templates cover), and counts of what was varied."""
+              task_prefix: str, lowercase: bool, with_schema: bool, extra_conditions: float = 0.0
+              ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`copies` new pairs per training row (those the templates cover), and counts of what was varied;
+    `extra_conditions` of them (a share) get one more condition."""
     rng, words, stats = random.Random(seed), _Words(), Counter()
     out = []
     for _ in range(copies):
@@ -143,7 +159,7 @@ def phrasings(rows: list[dict[str, Any]], values: ValueIndex | None, copies: int
                 query = parse_sql(row["sql"])
             except FormError:
                 continue
-            made = _pair(query, values, words, rng, stats)
+            made = _pair(query, values, words, rng, stats, extra_conditions)
             if made is None:
                 stats["skipped"] += 1
                 continue
@@ -156,10 +172,11 @@ def phrasings(rows: list[dict[str, Any]], values: ValueIndex | None, copies: int
     return out, dict(sorted(stats.items()))
 
 
-def _pair(query: Query, values: ValueIndex | None, words: _Words, rng: random.Random, stats: Counter
-          ) -> tuple[str, Query] | None:
+def _pair(query: Query, values: ValueIndex | None, words: _Words, rng: random.Random, stats: Counter,
+          extra_conditions: float = 0.0) -> tuple[str, Query] | None:
     conditions, before, after = [], [], []
-    for cond in query.conditions:
+    extra = bool(extra_conditions) and rng.random() < extra_conditions  # no draw when off: same pairs as before
+    for cond in (_with_extra(query, values, rng, stats) if extra else query.conditions):
         made = _condition(cond, values, words, rng, stats)
         if made is None:
             return None
@@ -171,6 +188,34 @@ def _pair(query: Query, values: ValueIndex | None, words: _Words, rng: random.Ra
     if question is None:
         return None
     return question + rng.choice(["?", "", "?"]), Query(list(query.select), conditions)
+
+
+def _with_extra(query: Query, values: ValueIndex | None, rng: random.Random, stats: Counter) -> list[Condition]:
+    """The query's conditions and one more about the patients counted or aggregated (placed by its
+    table, as the dataset orders conditions): none for a query about one patient."""
+    conditions = list(query.conditions)
+    if (len(conditions) >= 3 or values is None
+            or any(a is None for a, _, _ in query.select)
+            or any(c.column in ("SUBJECT_ID", "NAME") for c in conditions)):
+        return conditions
+    table, column = rng.choice([k for k in _EXTRA if k not in {(c.table, c.column) for c in conditions}])
+    if column == "GENDER":
+        value = rng.choice(["F", "M"])
+    elif column == "EXPIRE_FLAG":
+        value = rng.choice(["1", "0"])
+    elif column == "AGE":
+        value = str(rng.randint(20, 89))
+    elif column == "DAYS_STAY":
+        value = str(rng.randint(2, 30))
+    else:
+        choices = [v for v in values.values(table, column) if '"' not in v]
+        if not choices:
+            return conditions
+        value = rng.choice(choices)
+    op = rng.choice(_COMPARISONS) if column in ("AGE", "DAYS_STAY") else "="
+    at = sum(TABLE_ORDER.index(c.table) <= TABLE_ORDER.index(table) for c in conditions)
+    stats["condition_added"] += 1
+    return [*conditions[:at], Condition(table, column, op, value), *conditions[at:]]
 
 
 def _condition(cond: Condition, values: ValueIndex | None, words: _Words, rng: random.Random, stats: Counter

@@ -7,7 +7,8 @@ A candidate qualifies when it is
   value its column holds (the ValueIndex: demo tables, code dictionaries, training literals) or one
   the linker proposed for that column; so is a patient's name.
 
-The Predictor takes the best-scoring candidate that qualifies (`choose`), and says so when none does.
+The Predictor checks each candidate once (`check`) and takes the best-scoring one that qualifies
+(`first_grounded`), and says so when none does.
 """
 
 from __future__ import annotations
@@ -67,8 +68,3 @@ def first_grounded(found: Sequence[list[str]]) -> tuple[int, list[str]]:
             return index, []
     return 0, (list(found[0]) if found else ["no candidate"])
 
-
-def choose(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = ()
-           ) -> tuple[int, list[str]]:
-    """(index of the first candidate that qualifies, []) or, when none does, (0, the top one's problems)."""
-    return first_grounded(check(candidates, values, links))

@@ -264,9 +264,10 @@ def input_linker(values: ValueIndex) -> Linker:
     return Linker(values.database_only())
 
 
-def render_links(links: list[Link]) -> str:
-    """The candidates as the model input's tail: ` | table.column: value | ...` (empty for none)."""
-    return "".join(f" | {link.render()}" for link in links)
+def linked_input(text: str, links: list[Link], count: int) -> str:
+    """The model input with the linker's best `count` candidates as its tail, in training and at answer
+    time alike: `text | table.column: value | ...` (the text itself for none)."""
+    return text + "".join(f" | {link.render()}" for link in links[:count])
 
 
 def linking_recall(linker: Linker, rows: list[dict]) -> dict[str, dict[str, float | int]]:

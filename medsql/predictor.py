@@ -28,7 +28,7 @@ import sqlparse
 from medsql import grounding, paths
 from medsql.confidence import Answer, Calibration, features, uncalibrated
 from medsql.evaluation.recovery import ValueIndex
-from medsql.linking import Link, Linker, input_linker, render_links
+from medsql.linking import Link, Linker, input_linker, linked_input
 from medsql.sqlform import FormError, Query, parse_compact, render_sql
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, model_input, normalise_question
 
@@ -189,7 +189,7 @@ class Predictor:
             text = model_input(normalise_question(question, self.meta["lowercase_questions"]),
                                self.meta["task_prefix"], self.meta["schema_context"])
             if self.meta.get("link_candidates") and self.linker is not None:
-                text += render_links(self.links(question)[: self.meta["link_candidates"]])
+                text = linked_input(text, self.links(question), self.meta["link_candidates"])
             texts.append(text)
         return texts
 

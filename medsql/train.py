@@ -147,23 +147,25 @@ def load_data(train: TrainConfig, preprocess: PreprocessConfig
         rows, added["value_swapped_copies"] = rows + extra, len(extra)
     if train.augment_phrasings:
         extra, stats = phrasings(base, values, train.augment_phrasings, train.seed, preprocess.task_prefix,
-                                 preprocess.lowercase_questions, preprocess.schema_context)
+                                 preprocess.lowercase_questions, preprocess.schema_context,
+                                 train.augment_extra_conditions)
         log.info("%d pairs in new phrasings added (%s)", len(extra), stats)
         rows, added["phrasings"] = rows + extra, stats
     if train.link_candidates and values is not None:
-        rows, val_rows = with_links(rows, values, train.link_candidates), with_links(val_rows, values,
-                                                                                     train.link_candidates)
+        rows, val_rows = with_links([rows, val_rows], values, train.link_candidates)
         added["linked_inputs"] = sum(" | " in r["input"] for r in rows)
     return rows, val_rows, values, added
 
 
-def with_links(rows: list[dict[str, Any]], values, count: int) -> list[dict[str, Any]]:
-    """The rows with the linker's best `count` candidates for each question appended to its model input,
-    as the Predictor appends them at answer time (`Predictor.model_inputs`)."""
-    from medsql.linking import input_linker, render_links
+def with_links(row_lists: list[list[dict[str, Any]]], values, count: int) -> list[list[dict[str, Any]]]:
+    """Each list of rows with the linker's best `count` candidates for each question appended to its
+    model input, as the Predictor appends them at answer time (`Predictor.model_inputs`); one linker
+    for all the lists."""
+    from medsql.linking import input_linker, linked_input
 
     linker = input_linker(values)
-    return [dict(r, input=r["input"] + render_links(linker.link(r["question"])[:count])) for r in rows]
+    return [[dict(r, input=linked_input(r["input"], linker.link(r["question"]), count)) for r in rows]
+            for rows in row_lists]
 
 
 def load_rows(split: str, variants: list[str] | None = None, limit: int = 0) -> list[dict[str, Any]]:

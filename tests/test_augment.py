@@ -19,8 +19,8 @@ def values(mimicsql_db, real_splits) -> ValueIndex:
     return ValueIndex.build(mimicsql_db, real_splits / "train.jsonl")
 
 
-def make(rows, values, copies=1, seed=7):
-    return phrasings(rows, values, copies, seed, "translate to SQL: ", True, False)
+def make(rows, values, copies=1, seed=7, extra=0.0):
+    return phrasings(rows, values, copies, seed, "translate to SQL: ", True, False, extra)
 
 
 def test_the_same_seed_gives_the_same_pairs_and_another_seed_others(values, real_splits):
@@ -54,3 +54,31 @@ def test_a_value_the_lexicon_names_is_sometimes_said_by_that_name(values):
     lay = [p for p in pairs if '"Furosemide"' in p["sql"] and any(w in p["question"] for w in ("lasix", "water pill"))]
     assert lay, "some pairs say lasix or water pill for Furosemide"
     assert all(p["variant"] == "natural+phrasing" for p in pairs)
+
+
+def test_some_pairs_ask_with_a_third_condition_said_in_the_question(values):
+    sql = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN PRESCRIPTIONS on '
+           'DEMOGRAPHIC.HADM_ID = PRESCRIPTIONS.HADM_ID WHERE DEMOGRAPHIC."INSURANCE" = "Medicare" '
+           'AND PRESCRIPTIONS."DRUG" = "Furosemide"')
+    row = {"key": "k", "variant": "natural", "question": "q", "sql": sql, "input": "q", "target": sql}
+    assert "condition_added" not in make([row] * 80, values, seed=11)[1], "off by default"
+    pairs, stats = make([row] * 80, values, seed=11, extra=0.25)
+    three = [parse_sql(p["sql"]).conditions for p in pairs if len(parse_sql(p["sql"]).conditions) == 3]
+    assert stats["condition_added"] == len(three) > 5
+    order = ["DEMOGRAPHIC", "DIAGNOSES", "PROCEDURES", "PRESCRIPTIONS", "LAB"]
+    for conditions in three:
+        # the added one is a column the query did not test, placed by its table as the dataset orders them
+        tables = [c.table for c in conditions]
+        assert tables == sorted(tables, key=order.index), conditions
+        assert len({(c.table, c.column) for c in conditions}) == 3
+    assert any(c.column == "ROUTE" for conditions in three for c in conditions), "a drug with its route"
+    gender = [p for p in pairs if 'DEMOGRAPHIC."GENDER" = "F"' in p["sql"]]
+    assert gender and all("female" in p["question"] or "women" in p["question"] for p in gender)
+
+
+def test_a_question_about_one_patient_gets_no_added_condition(values):
+    sql = 'SELECT DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = "10019"'
+    row = {"key": "k", "variant": "template", "question": "q", "sql": sql, "input": "q", "target": sql}
+    pairs, stats = make([row] * 40, values, seed=2, extra=1.0)
+    assert pairs and "condition_added" not in stats
+    assert all(len(parse_sql(p["sql"]).conditions) == 1 for p in pairs)

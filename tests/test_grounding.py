@@ -37,8 +37,8 @@ def test_sql_outside_the_grammar_does_not_qualify(values):
 
 def test_the_best_qualifying_candidate_is_chosen_and_none_qualifying_says_why(values):
     beam = [COUNT + ' WHERE DEMOGRAPHIC."AGE" >= "old"', DRUG.format("not a drug"), DRUG.format("Furosemide")]
-    assert grounding.choose(beam, values) == (2, [])
-    chosen, why = grounding.choose(beam[:2], values)
+    assert grounding.first_grounded(grounding.check(beam, values)) == (2, [])
+    chosen, why = grounding.first_grounded(grounding.check(beam[:2], values))
     assert chosen == 0 and why == ['DEMOGRAPHIC.AGE is a number, compared with text "old"']
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medsql.evaluation.recovery import ValueIndex
-from medsql.linking import LEXICON, LexiconError, Linker, input_linker, linking_recall, load_lexicon, render_links
+from medsql.linking import LEXICON, LexiconError, Linker, input_linker, linked_input, linking_recall, load_lexicon
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,9 @@ def test_the_model_input_links_only_what_the_database_holds(mimicsql_db, real_sp
 
 
 def test_links_render_as_the_model_input_tail(linker):
-    tail = render_links(linker.link("patients on lasix"))
-    assert tail.startswith(" | ") and "prescriptions.drug: furosemide" in tail
+    text = linked_input("translate to SQL: patients on lasix", linker.link("patients on lasix"), 1)
+    assert text == "translate to SQL: patients on lasix | prescriptions.drug: furosemide"
+    assert linked_input("q", [], 4) == "q"
 
 
 def test_recall_on_gold_literals_is_reported_per_wording(linker, real_splits):

@@ -204,7 +204,7 @@ def test_linked_candidates_join_the_model_input_as_training_wrote_them(tiny_mode
     assert text.count(" | ") == 2
     # The train stage appends the same candidates to the same question's input.
     row = {"question": question, "input": plain.model_inputs([question])[0]}
-    assert with_links([row], linked.values, 2)[0]["input"] == text
+    assert with_links([[row]], linked.values, 2)[0][0]["input"] == text
     assert linked.answer([question])[0].sql  # and the model reads it
 
 
