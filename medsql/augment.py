@@ -15,6 +15,8 @@ dataset's structured form):
   through / came in via; ...), and a value the clinical lexicon (medsql/resources/lexicon.yaml)
   has a name for is sometimes said by that name ("lasix" for Furosemide, "chf", "by mouth" for PO).
 
+- questions about one patient: half of those about one column are asked as people ask ("when was
+  pt 10019 admitted", "what meds was pt 10019 on"), not by the column's name;
 - structure (off by default, `train.augment_extra_conditions`): a share of the pairs about counted
   or aggregated patients gets one more condition (gender, age, insurance, a diagnosis, a drug, its
   route, a lab ...), so three AND-ed conditions and pairs of tables the dataset never has are seen.
@@ -116,6 +118,41 @@ _AGGREGATE = {
     ("avg", "DAYS_STAY"): ["what is the average length of stay of {p}", "avg los of {p}"],
 }
 _SHOW = ["what is the {c} of", "show the {c} of", "list the {c} for", "give me the {c} of", "{c} of"]
+# A question about one patient, as people ask it rather than naming the column ({s}: the patient):
+# "when was pt 10019 admitted" for the admission time, "how long did he stay" for the days of stay.
+# The diagnosis and procedure titles are not here: "what was he diagnosed with" does not say
+# which of the short and long title is meant, so those keep the column's own name.
+_ABOUT_ONE = {
+    ("DEMOGRAPHIC", "ADMITTIME"): ["when was {s} admitted", "what time was {s} admitted", "admit time for {s}"],
+    ("DEMOGRAPHIC", "DISCHTIME"): ["when was {s} discharged", "what time was {s} discharged",
+                                   "discharge time for {s}"],
+    ("DEMOGRAPHIC", "DOB"): ["when was {s} born", "what is the dob of {s}", "birth date of {s}"],
+    ("DEMOGRAPHIC", "DOD"): ["when did {s} die", "what is the date of death of {s}", "dod of {s}"],
+    ("DEMOGRAPHIC", "AGE"): ["how old is {s}", "what age is {s}"],
+    ("DEMOGRAPHIC", "DAYS_STAY"): ["how long did {s} stay", "how many days did {s} stay in the hospital",
+                                   "los of {s}"],
+    ("DEMOGRAPHIC", "GENDER"): ["is {s} male or female", "what sex is {s}"],
+    ("DEMOGRAPHIC", "LANGUAGE"): ["what language does {s} speak", "which language does {s} speak"],
+    ("DEMOGRAPHIC", "RELIGION"): ["what religion is {s}", "what is the religion of {s}"],
+    ("DEMOGRAPHIC", "MARITAL_STATUS"): ["is {s} married", "what is the marital status of {s}"],
+    ("DEMOGRAPHIC", "INSURANCE"): ["what insurance does {s} have", "what insurance is {s} on",
+                                   "who insures {s}"],
+    ("DEMOGRAPHIC", "ETHNICITY"): ["what ethnicity is {s}", "what race is {s}"],
+    ("DEMOGRAPHIC", "ADMISSION_TYPE"): ["what kind of admission was {s}", "what type of admission did {s} have"],
+    ("DEMOGRAPHIC", "ADMISSION_LOCATION"): ["where was {s} admitted from", "how did {s} come in",
+                                            "where did {s} come in from"],
+    ("DEMOGRAPHIC", "DISCHARGE_LOCATION"): ["where was {s} discharged to", "where did {s} go after discharge",
+                                            "where was {s} sent"],
+    ("DEMOGRAPHIC", "DIAGNOSIS"): ["what was {s} admitted for", "why was {s} admitted",
+                                   "what is the primary disease of {s}"],
+    ("DEMOGRAPHIC", "EXPIRE_FLAG"): ["did {s} die", "is {s} alive", "did {s} pass away"],
+    ("DEMOGRAPHIC", "NAME"): ["what is the name of {s}", "what is {s} called", "who is {s}"],
+    ("PRESCRIPTIONS", "DRUG"): ["what meds was {s} on", "what drugs was {s} given", "what medications did {s} get",
+                                "what was {s} prescribed"],
+    ("LAB", "LABEL"): ["what labs did {s} have", "what lab tests were done on {s}"],
+}
+_ONE_PATIENT = {"SUBJECT_ID": ["patient {v}", "pt {v}", "subject {v}"], "NAME": ["{v}", "patient {v}"]}
+ABOUT_ONE_SHARE = 0.5  # chance a question about one patient's column is asked as _ABOUT_ONE says it
 # Columns a pair may get one more condition on (train.augment_extra_conditions, the share of pairs):
 # the dataset's queries have at most two conditions and few pairs of tables (never a drug with its
 # route, a diagnosis with a procedure); people ask "female medicare pts over 80", "pts who got lasix iv".
@@ -147,7 +184,7 @@ class _Words:
 
 
 def phrasings(rows: list[dict[str, Any]], values: ValueIndex | None, copies: int, seed: int,
-              task_prefix: str, lowercase: bool, with_schema: bool, extra_conditions: float = 0.0
+              task_prefix: str, lowercase: bool, with_schema: bool, extra_conditions: float
               ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """`copies` new pairs per training row (those the templates cover), and counts of what was varied;
     `extra_conditions` of them (a share) get one more condition."""
@@ -173,7 +210,7 @@ def phrasings(rows: list[dict[str, Any]], values: ValueIndex | None, copies: int
 
 
 def _pair(query: Query, values: ValueIndex | None, words: _Words, rng: random.Random, stats: Counter,
-          extra_conditions: float = 0.0) -> tuple[str, Query] | None:
+          extra_conditions: float) -> tuple[str, Query] | None:
     conditions, before, after = [], [], []
     extra = bool(extra_conditions) and rng.random() < extra_conditions  # no draw when off: same pairs as before
     for cond in (_with_extra(query, values, rng, stats) if extra else query.conditions):
@@ -184,7 +221,7 @@ def _pair(query: Query, values: ValueIndex | None, words: _Words, rng: random.Ra
         conditions.append(new)
         (before if phrase.startswith("^") else after).append(phrase.lstrip("^"))
     patients = " ".join([*before, rng.choice(_PATIENT)])
-    question = _select(query, patients, after, rng)
+    question = _about_one(query, conditions, rng, stats) or _select(query, patients, after, rng)
     if question is None:
         return None
     return question + rng.choice(["?", "", "?"]), Query(list(query.select), conditions)
@@ -199,10 +236,9 @@ def _with_extra(query: Query, values: ValueIndex | None, rng: random.Random, sta
             or any(c.column in ("SUBJECT_ID", "NAME") for c in conditions)):
         return conditions
     table, column = rng.choice([k for k in _EXTRA if k not in {(c.table, c.column) for c in conditions}])
-    if column == "GENDER":
-        value = rng.choice(["F", "M"])
-    elif column == "EXPIRE_FLAG":
-        value = rng.choice(["1", "0"])
+    said = [v for t, c, v in _FIXED if (t, c) == (table, column)]  # a value with its own words
+    if said:
+        value = rng.choice(said)
     elif column == "AGE":
         value = str(rng.randint(20, 89))
     elif column == "DAYS_STAY":
@@ -262,6 +298,19 @@ def _condition(cond: Condition, values: ValueIndex | None, words: _Words, rng: r
         said = rng.choice(names)
         stats["lexicon_name"] += 1
     return Condition(cond.table, cond.column, "=", value), rng.choice(_TEXT[key]).format(v=said)
+
+
+def _about_one(query: Query, conditions: list[Condition], rng: random.Random, stats: Counter) -> str | None:
+    """Half the questions about one column of one patient, asked as people ask them (`_ABOUT_ONE`);
+    None for the others, which `_select` words."""
+    if len(query.select) != 1 or len(conditions) != 1 or conditions[0].column not in _ONE_PATIENT:
+        return None
+    asks = _ABOUT_ONE.get(query.select[0][1:])
+    if query.select[0][0] is not None or not asks or rng.random() >= ABOUT_ONE_SHARE:
+        return None
+    patient = rng.choice(_ONE_PATIENT[conditions[0].column]).format(v=conditions[0].value.lower())
+    stats["asked_about_one"] += 1
+    return rng.choice(asks).format(s=patient)
 
 
 def _select(query: Query, patients: str, conditions: list[str], rng: random.Random) -> str | None:

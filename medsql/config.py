@@ -193,7 +193,7 @@ class TrainConfig:
     # dataset lacks). Off: at 0.25 validation LF fell 0.812 -> 0.783 (README, "What moved the figures").
     augment_extra_conditions: float = _setting(0.0, _share, "must be between 0 and 1")
     max_steps: int = _setting(0, _non_negative, "must be 0 (use epochs) or positive")
-    epochs: float = _setting(5, _positive, "must be positive")
+    epochs: float = _setting(6, _positive, "must be positive")
     optimizer: str = _setting("adafactor", *_OPTIMIZER)  # adafactor: updates scaled to each weight's RMS
     learning_rate: float = _setting(0.01, _positive, "must be positive")
     lr_scheduler: str = "cosine"

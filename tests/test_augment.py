@@ -82,3 +82,14 @@ def test_a_question_about_one_patient_gets_no_added_condition(values):
     pairs, stats = make([row] * 40, values, seed=2, extra=1.0)
     assert pairs and "condition_added" not in stats
     assert all(len(parse_sql(p["sql"]).conditions) == 1 for p in pairs)
+
+
+def test_a_question_about_one_patient_is_sometimes_asked_as_people_ask_it(values):
+    sql = 'SELECT DEMOGRAPHIC."ADMITTIME" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = "10019"'
+    row = {"key": "k", "variant": "template", "question": "q", "sql": sql, "input": "q", "target": sql}
+    pairs, stats = make([row] * 40, values, seed=4)
+    named = [p for p in pairs if "admission time" in p["question"]]  # the column's own name
+    asked = [p for p in pairs if p not in named]
+    assert asked and named and stats["asked_about_one"] == len(asked)
+    assert all(w in p["question"] for p in asked for w in ("admit",)), "asked about the admission"
+    assert all(p["sql"] == sql and "10019" in p["question"] for p in pairs), "the SQL and the patient stay"

@@ -7,17 +7,17 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from medsql.modeling import T5CopyConfig, T5WithCopy
+from medsql.modeling import ByteDropout, T5CopyConfig, T5WithCopy, byte_dropout, use_byte_dropout
 
 VOCAB = 64
 PAD, EOS, NAME, IS = 0, 1, 2, 3
 SEEN, UNSEEN = range(10, 54), range(54, 64)  # value words used in training / only at test time
 
 
-def tiny(cls, config_cls, seed: int = 0):
+def tiny(cls, config_cls, seed: int = 0, dropout: float = 0.0):
     torch.manual_seed(seed)
     config = config_cls(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=1,
-                        num_decoder_layers=1, dropout_rate=0.0, pad_token_id=PAD, eos_token_id=EOS,
+                        num_decoder_layers=1, dropout_rate=dropout, pad_token_id=PAD, eos_token_id=EOS,
                         decoder_start_token_id=PAD)
     return cls(config)
 
@@ -76,3 +76,29 @@ def test_copy_head_copies_values_never_seen_in_any_target() -> None:
     without = copy_accuracy(tiny(T5ForConditionalGeneration, T5Config))
     assert with_copy >= 0.75, with_copy
     assert without <= 0.5, without
+
+
+def test_byte_dropout_drops_the_share_asked_scales_the_rest_and_is_the_identity_in_eval():
+    torch.manual_seed(0)
+    x = torch.ones(400, 500)
+    y = byte_dropout(x, 0.1)
+    assert abs((y == 0).float().mean().item() - 26 / 256) < 0.005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 256 / 230))
+    torch.manual_seed(0)
+    assert torch.equal(y, byte_dropout(x, 0.1)), "the same seed draws the same mask"
+    layer = ByteDropout(0.1).eval()
+    assert torch.equal(layer(x), x) and torch.equal(byte_dropout(x, 0.0), x)
+
+
+def test_every_dropout_of_the_model_draws_from_bytes_and_its_outputs_are_unchanged_in_eval() -> None:
+    model = tiny(T5WithCopy, T5CopyConfig, dropout=0.1).eval()
+    ids = torch.tensor([[5, 6, 7, EOS]])
+    before = model(input_ids=ids, decoder_input_ids=torch.tensor([[PAD, 5]])).logits
+    use_byte_dropout(model)
+    assert not [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert torch.allclose(model(input_ids=ids, decoder_input_ids=torch.tensor([[PAD, 5]])).logits, before)
+    model.train()
+    torch.manual_seed(1)
+    loss = model(input_ids=ids, labels=torch.tensor([[5, 6, EOS]])).loss
+    loss.backward()
+    assert torch.isfinite(loss)
