@@ -29,6 +29,19 @@ def test_abbreviations_and_brand_names_are_linked_through_the_lexicon(linker):
     assert ("DEMOGRAPHIC", "DISCHARGE_LOCATION", "SNF") in found(linker, "discharged to a skilled nursing facility")
 
 
+@pytest.mark.parametrize("question, link", [
+    ("how many pts got ambien?", ("PRESCRIPTIONS", "DRUG", "Zolpidem Tartrate")),
+    ("count patients on percocet", ("PRESCRIPTIONS", "DRUG", "Oxycodone-Acetaminophen")),
+    ("pts who had a flu shot", ("PRESCRIPTIONS", "DRUG", "Influenza Virus Vaccine")),
+    ("how many patients with gerd", ("DIAGNOSES", "SHORT_TITLE", "Esophageal reflux")),
+    ("number of smokers", ("DIAGNOSES", "LONG_TITLE", "Tobacco use disorder")),
+    ("how many patients had an art line", ("PROCEDURES", "SHORT_TITLE", "Arterial catheterization")),
+    ("how many had an lp", ("PROCEDURES", "SHORT_TITLE", "Spinal tap")),
+])
+def test_brand_names_lay_terms_and_abbreviations_of_lexicon_version_2_are_linked(linker, question, link):
+    assert link in found(linker, question)
+
+
 def test_the_words_people_use_find_an_abbreviated_dictionary_title(linker):
     links = found(linker, "count patients with a urinary tract infection")
     assert ("DIAGNOSES", "SHORT_TITLE", "Urin tract infection NOS") in links
