@@ -3,11 +3,15 @@
     python -m medsql.bench                      # the embedded profile, as params.yaml sets it
     python -m medsql.bench --flan-t5-base       # reference profile on a flan-t5-base-shaped T5
     python -m medsql.bench --train-steps 50 --model models/medsql
+    python -m medsql.bench --train-steps 0 --model '' --dropout-steps 30   # torch's dropout vs byte dropout
 
 Training runs the real train stage (Seq2SeqTrainer) for a fixed number of steps in a scratch
 folder, so the project's model and MLflow store are untouched. Inference times the Predictor's
 `answer` (what `medsql ask`, the API and the demo call: all beams, grounded choice, confidence) on
-the test split: one question at a time (mean, p50, p95 of 50) and in batches. Prints one line per figure.
+the test split: one question at a time (mean, p50, p95 of 50) and in batches. The dropout benchmark
+times the embedded model's training step (forward, backward, optimizer) with torch's dropout and
+with the byte dropout it trains with (medsql.modeling.byte_dropout), in turn on the same batches in
+one process, so that how fast the machine is that day cancels out. Prints one line per figure.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import resource
 import tempfile
 import time
@@ -96,6 +101,58 @@ def bench_training(train_cfg: TrainConfig, preprocess: PreprocessConfig, steps: 
     }
 
 
+def bench_dropout(train_cfg: TrainConfig, preprocess: PreprocessConfig, steps: int, rounds: int = 4) -> dict:
+    """Milliseconds a training step of the embedded model takes with torch's dropout and with byte
+    dropout: `rounds` rounds of `steps` steps each, the two models in turn on the same length-grouped
+    batches (the first round warms up and is not counted)."""
+    import copy
+
+    import torch
+    from torch import nn
+    from transformers import DataCollatorForSeq2Seq
+
+    from medsql import modeling, train
+
+    train_cfg = train_cfg.resolved()
+    rows, _, _, _ = train.load_data(train_cfg, preprocess)
+    byte, tokenizer = train.build(train_cfg, rows)
+    plain = copy.deepcopy(byte)
+    for parent in list(plain.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, modeling.ByteDropout):
+                setattr(parent, name, nn.Dropout(child.p))
+    plain.set_attn_implementation("eager")
+    data = train.encode(rows, tokenizer, train_cfg)
+    lengths = [len(ids) for ids in data["input_ids"]]
+    collate = DataCollatorForSeq2Seq(tokenizer, model=byte, label_pad_token_id=-100)
+    rng, size = random.Random(train_cfg.seed), train_cfg.per_device_batch_size
+    batches = []
+    for _ in range(steps):  # as group_by_length draws them: a batch of neighbours in length
+        pool = sorted(rng.sample(range(len(data)), size * 50), key=lambda i: lengths[i])
+        start = size * rng.randrange(50)
+        batches.append(collate([data[i] for i in pool[start:start + size]]))
+    bf16 = train_cfg.bf16 and train.bf16_supported(False)
+    timed = {"torch": 0.0, "byte": 0.0}
+    for model in (plain, byte):
+        model.train()
+        model.medsql_optimizer = train.optimizer(train_cfg, model)
+    for round_ in range(rounds):
+        for name, model in (("torch", plain), ("byte", byte)):
+            started = time.perf_counter()
+            for batch in batches:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(**batch).loss
+                loss.backward()
+                model.medsql_optimizer.step()
+                model.medsql_optimizer.zero_grad()
+            if round_:
+                timed[name] += time.perf_counter() - started
+    counted = (rounds - 1) * steps
+    return {"batch_size": size, "bf16": bf16, "steps_timed_each": counted,
+            "torch_dropout_ms_per_step": round(1000 * timed["torch"] / counted, 1),
+            "byte_dropout_ms_per_step": round(1000 * timed["byte"] / counted, 1)}
+
+
 def bench_inference(model: str, questions: list[str], batch_size: int) -> dict:
     import torch
 
@@ -132,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="latest", help="model for inference timings ('' to skip)")
     parser.add_argument("--questions", type=int, default=256, help="test questions for batched timing")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dropout-steps", type=int, default=0, help="time this many training steps with "
+                        "torch's dropout and with byte dropout, in turn (0 skips it)")
     args = parser.parse_args(argv)
 
     logs.configure()
@@ -139,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if args.train_steps:
         results["training"] = bench_training(cfg.train, cfg.preprocess, args.train_steps, args.flan_t5_base)
+    if args.dropout_steps:
+        results["dropout"] = bench_dropout(cfg.train, cfg.preprocess, args.dropout_steps)
     if args.model:
         questions = [r["question"] for r in read_jsonl(paths.SPLITS / "test.jsonl")][: args.questions]
         results["inference"] = bench_inference(args.model, questions, args.batch_size)

@@ -61,7 +61,7 @@ def test_some_pairs_ask_with_a_third_condition_said_in_the_question(values):
            'DEMOGRAPHIC.HADM_ID = PRESCRIPTIONS.HADM_ID WHERE DEMOGRAPHIC."INSURANCE" = "Medicare" '
            'AND PRESCRIPTIONS."DRUG" = "Furosemide"')
     row = {"key": "k", "variant": "natural", "question": "q", "sql": sql, "input": "q", "target": sql}
-    assert "condition_added" not in make([row] * 80, values, seed=11)[1], "off by default"
+    assert "condition_added" not in make([row] * 80, values, seed=11)[1], "none when the share is 0"
     pairs, stats = make([row] * 80, values, seed=11, extra=0.25)
     three = [parse_sql(p["sql"]).conditions for p in pairs if len(parse_sql(p["sql"]).conditions) == 3]
     assert stats["condition_added"] == len(three) > 5
