@@ -17,7 +17,7 @@ dataset's structured form):
 
 - questions about one patient: half of those about one column are asked as people ask ("when was
   pt 10019 admitted", "what meds was pt 10019 on"), not by the column's name;
-- structure (off by default, `train.augment_extra_conditions`): a share of the pairs about counted
+- structure (`train.augment_extra_conditions`, a quarter by default): a share of the pairs about counted
   or aggregated patients gets one more condition (gender, age, insurance, a diagnosis, a drug, its
   route, a lab ...), so three AND-ed conditions and pairs of tables the dataset never has are seen.
 
