@@ -132,19 +132,20 @@ def bench_dropout(train_cfg: TrainConfig, preprocess: PreprocessConfig, steps: i
         start = size * rng.randrange(50)
         batches.append(collate([data[i] for i in pool[start:start + size]]))
     bf16 = train_cfg.bf16 and train.bf16_supported(False)
-    timed = {"torch": 0.0, "byte": 0.0}
-    for model in (plain, byte):
-        model.train()
-        model.medsql_optimizer = train.optimizer(train_cfg, model)
+    models = {"torch": plain.train(), "byte": byte.train()}
+    optimizers = {name: train.optimizer(train_cfg, model)  # None: the Trainer's own AdamW
+                  or torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate)
+                  for name, model in models.items()}
+    timed = dict.fromkeys(models, 0.0)
     for round_ in range(rounds):
-        for name, model in (("torch", plain), ("byte", byte)):
+        for name, model in models.items():
             started = time.perf_counter()
             for batch in batches:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = model(**batch).loss
                 loss.backward()
-                model.medsql_optimizer.step()
-                model.medsql_optimizer.zero_grad()
+                optimizers[name].step()
+                optimizers[name].zero_grad()
             if round_:
                 timed[name] += time.perf_counter() - started
     counted = (rounds - 1) * steps
