@@ -119,8 +119,8 @@ _AGGREGATE = {
 }
 _SHOW = ["what is the {c} of", "show the {c} of", "list the {c} for", "give me the {c} of", "{c} of"]
 # A question about one patient, as people ask it rather than naming the column ({s}: the patient):
-# "when was pt 10019 admitted" for the admission time, "how long did he stay" for the days of stay.
-# The diagnosis and procedure titles are not here: "what was he diagnosed with" does not say
+# "when was pt 10019 admitted" for the admission time, "how long did pt 10019 stay" for the days of
+# stay. The diagnosis and procedure titles are not here: "what was {s} diagnosed with" does not say
 # which of the short and long title is meant, so those keep the column's own name.
 _ABOUT_ONE = {
     ("DEMOGRAPHIC", "ADMITTIME"): ["when was {s} admitted", "what time was {s} admitted", "admit time for {s}"],

@@ -108,7 +108,6 @@ def bench_dropout(train_cfg: TrainConfig, preprocess: PreprocessConfig, steps: i
     import copy
 
     import torch
-    from torch import nn
     from transformers import DataCollatorForSeq2Seq
 
     from medsql import modeling, train
@@ -116,12 +115,7 @@ def bench_dropout(train_cfg: TrainConfig, preprocess: PreprocessConfig, steps: i
     train_cfg = train_cfg.resolved()
     rows, _, _, _ = train.load_data(train_cfg, preprocess)
     byte, tokenizer = train.build(train_cfg, rows)
-    plain = copy.deepcopy(byte)
-    for parent in list(plain.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, modeling.ByteDropout):
-                setattr(parent, name, nn.Dropout(child.p))
-    plain.set_attn_implementation("eager")
+    plain = modeling.use_byte_dropout(copy.deepcopy(byte), on=False)
     data = train.encode(rows, tokenizer, train_cfg)
     lengths = [len(ids) for ids in data["input_ids"]]
     collate = DataCollatorForSeq2Seq(tokenizer, model=byte, label_pad_token_id=-100)

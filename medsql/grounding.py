@@ -1,8 +1,11 @@
 """Grounded decoding: which of a beam's candidate queries the database can stand behind.
 
 A candidate qualifies when it is
-- inside the dataset's grammar (medsql.sqlform.parse_sql reads it),
-- type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number, and
+- inside the dataset's grammar (medsql.sqlform.parse_sql reads it, and it asks for each column
+  once: no query of the dataset selects one twice),
+- type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number,
+- faithful to the question's comparisons: a number the question bounds one way ("over 65", "before
+  2150", "3 days or less") is compared that way (`stated_comparison`), and
 - grounded: every `=` literal of a free-text column (diagnoses, drugs, routes, locations, ...) is a
   value its column holds (the ValueIndex: demo tables, code dictionaries, training literals) or one
   the linker proposed for that column; so is a patient's name.
@@ -13,6 +16,8 @@ The Predictor checks each candidate once (`check`) and takes the best-scoring on
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from medsql.evaluation.recovery import ValueIndex, recoverable
@@ -24,21 +29,95 @@ from medsql.text import is_number
 # Besides the free-text columns: a patient's name must be one the database knows.
 NAMED = {("DEMOGRAPHIC", "NAME")}
 
+# How people say which way a number bounds a column: words before the number ("over 65") and after
+# it ("65 or older"), each with the direction it means ("<" takes < and <=, ">" takes > and >=).
+BOUND_BEFORE = {
+    ">": ("over", "above", "more than", "greater than", "older than", "after", "later than", "longer than",
+          "exceeding", "at least", "past", "beyond", "since", "no less than", "not less than", "no earlier than",
+          "not before", "no younger than", "no shorter than"),
+    "<": ("under", "below", "less than", "fewer than", "younger than", "before", "earlier than", "shorter than",
+          "at most", "up to", "prior to", "no more than", "not more than", "no older than", "no later than",
+          "not after", "no longer than"),
+}
+BOUND_AFTER = {
+    ">": ("or older", "or more", "or over", "or above", "or later", "or after", "or longer", "and older",
+          "and over", "and above", "and up", "plus"),
+    "<": ("or younger", "or less", "or fewer", "or under", "or below", "or earlier", "or before", "or shorter",
+          "and younger", "and under", "and below"),
+}
+DIRECTION = {"<": "<", "<=": "<", ">": ">", ">=": ">"}  # a comparison operator's direction
+CUE_WORDS = 5  # words before a number searched for a bound (never past the number before it)
+UNIT_WORDS = {"days", "day", "years", "year", "yrs", "yr", "old", "yo"}  # may stand between a number and its cue
+_WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
 
-def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = ()) -> list[str]:
-    """Why the database cannot stand behind this SQL (an empty list: it qualifies)."""
+
+def _cues(table: dict[str, tuple[str, ...]]) -> list[tuple[tuple[str, ...], str]]:
+    """(words of a cue, its direction), longest first: "no more than" is read before "more than"."""
+    return sorted(((tuple(cue.split()), way) for way, cues in table.items() for cue in cues),
+                  key=lambda item: -len(item[0]))
+
+
+_BEFORE, _AFTER = _cues(BOUND_BEFORE), _cues(BOUND_AFTER)
+
+
+def _bounds_next(rest: list[str]) -> bool:
+    """Whether the words after a cue make it the start of the next bound ("and younger than 40", "or under 60")."""
+    return bool(rest) and (rest[0] == "than" or rest[0][0].isdigit())
+
+
+def stated_comparison(question: str, number: str) -> tuple[str, str] | None:
+    """(direction, the question's words) where the question bounds `number` one way: ("<", "under 65")
+    for "pts under 65", (">", "65 or older"); None where it states no bound, or states it both ways."""
+    if not is_number(number):
+        return None
+    words = _WORD.findall(question.lower())
+    found: dict[str, str] = {}
+    for at, word in enumerate(words):
+        if not word[0].isdigit() or float(word) != float(number):
+            continue
+        start = at
+        while start > 0 and at - start < CUE_WORDS and not words[start - 1][0].isdigit():
+            start -= 1
+        before = words[start:at]
+        nearest = None  # the cue that ends nearest the number (the longest of those)
+        for cue_words, way in _BEFORE:
+            size = len(cue_words)
+            ends = [end for end in range(size, len(before) + 1) if tuple(before[end - size:end]) == cue_words]
+            if ends and (nearest is None or max(ends) > nearest[0]):  # the question's words, cue to number
+                nearest = (max(ends), way, " ".join(before[max(ends) - size:] + [word]))
+        units = 0  # "65 years or older", "3 days or more"
+        while units < 2 and at + 1 + units < len(words) and words[at + 1 + units] in UNIT_WORDS:
+            units += 1
+        after = words[at + 1 + units:at + 4 + units]
+        cue = next(((way, " ".join(words[at:at + 1 + units] + list(cue_words))) for cue_words, way in _AFTER
+                    if tuple(after[:len(cue_words)]) == cue_words and not _bounds_next(after[len(cue_words):])),
+                   None)
+        if cue is None and nearest is not None:
+            cue = nearest[1:]
+        if cue is not None:
+            found.setdefault(cue[0], cue[1])
+    return next(iter(found.items())) if len(found) == 1 else None
+
+
+def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = (), question: str | None = None
+             ) -> list[str]:
+    """Why the database (or the question) cannot stand behind this SQL (an empty list: it qualifies)."""
     try:
         query = parse_sql(sql)
     except FormError as err:
         return [f"outside the dataset's grammar ({err})"]
-    return query_problems(query, values, links)
+    return query_problems(query, values, links, question)
 
 
-def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = ()) -> list[str]:
+def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = (),
+                   question: str | None = None) -> list[str]:
     proposed = {(link.table, link.column, link.value.lower()) for link in links}
-    found = []
+    found = [f"selects {item[1]}.{item[2]} twice" for item, n in Counter(query.select).items() if n > 1]
     for cond in query.conditions:
         name = f"{cond.table}.{cond.column}"
+        stated = stated_comparison(question, cond.value) if question else None
+        if stated is not None and DIRECTION.get(cond.op, cond.op) != stated[0]:
+            found.append(f'the question says "{stated[1]}", the query {name} {cond.op} {cond.value}')
         if is_numeric(cond.table, cond.column):
             if not is_number(cond.value):
                 found.append(f'{name} is a number, compared with text "{cond.value}"')
@@ -52,12 +131,13 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
     return found
 
 
-def check(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = ()) -> list[list[str]]:
+def check(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = (),
+          question: str | None = None) -> list[list[str]]:
     """Each candidate's problems, in order (a SQL text the beam gave twice is checked once)."""
     links, found = list(links), {}
     for sql in candidates:
         if sql not in found:
-            found[sql] = problems(sql, values, links)
+            found[sql] = problems(sql, values, links, question)
     return [found[sql] for sql in candidates]
 
 

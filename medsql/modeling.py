@@ -225,13 +225,15 @@ AttentionInterface.register(BYTE_DROPOUT_ATTENTION, _attention_with_byte_dropout
 AttentionMaskInterface.register(BYTE_DROPOUT_ATTENTION, eager_mask)
 
 
-def use_byte_dropout(model: nn.Module) -> nn.Module:
-    """The model with every dropout drawn from random bytes (its modules and T5's attention weights)."""
+def use_byte_dropout(model: nn.Module, on: bool = True) -> nn.Module:
+    """The model with every dropout drawn from random bytes (its modules and T5's attention weights);
+    on=False: back to torch's own dropout (what `medsql.bench --dropout-steps` compares with)."""
+    old, new = (nn.Dropout, ByteDropout) if on else (ByteDropout, nn.Dropout)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
-                setattr(parent, name, ByteDropout(child.p).train(child.training))
-    model.set_attn_implementation(BYTE_DROPOUT_ATTENTION)
+            if type(child) is old:
+                setattr(parent, name, new(child.p).train(child.training))
+    model.set_attn_implementation(BYTE_DROPOUT_ATTENTION if on else "eager")
     return model
 
 

@@ -262,7 +262,7 @@ class Predictor:
     def _answer(self, question: str, candidates: list[tuple[str, float]]) -> Answer:
         links = self.links(question)
         recovered = [self.to_sql(output, question) for output, _ in candidates]
-        found = grounding.check(recovered, self.values, links)
+        found = grounding.check(recovered, self.values, links, question)
         chosen, problems = grounding.first_grounded(found)
         grounded = {sql: not problems_of for sql, problems_of in zip(recovered, found, strict=True)}
         # Candidates that read the same once recovered are one answer: the next distinct one is the rival.

@@ -8,8 +8,9 @@ A meaningful yardstick for a model trained from scratch (whose zero-shot self wr
    and the training question closest to it (TF-IDF over words and word pairs, cosine) is taken.
 3. Its SQL keeps its shape; each text literal takes the linked value of the same column (or of a
    sibling column of the same table, which then replaces the column), and each numeric literal the
-   question's numbers in order. A literal with nothing to take stays as the neighbour had it, and
-   the answer is then ungrounded.
+   question's numbers in order, compared the way the question bounds it ("over 65": >, whatever
+   the neighbour's operator; medsql.grounding.stated_comparison). A literal with nothing to take
+   stays as the neighbour had it, and the answer is then ungrounded.
 
 The answer's confidence is the cosine similarity of the neighbour (uncalibrated), lowered by half
 when the answer is not grounded.
@@ -36,6 +37,7 @@ NAME = "retrieval-tfidf"
 RERANK = 20         # closest training questions whose fit with the question's values is compared
 FIT_PENALTY = 0.2  # cosine given up per condition the question cannot fill (or value it leaves unused)
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+_TURNED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}  # a bound the other way, as inclusive as it was
 
 
 def _mask(question: str, spans: list[tuple[str, str]]) -> list[str]:
@@ -135,9 +137,9 @@ class RetrievalBaseline:
         words = _mask(question, [(span, _token(k.table, k.column)) for span, k in best_per_span.items()])
         numbers = re.findall(r"\d+(?:\.\d+)?", question)
         index, similarity = self.nearest(words, list(best_per_span.values()), len(numbers))
-        query, kept = self.substitute(self._queries[index], links, numbers)
+        query, kept = self.substitute(self._queries[index], links, numbers, question)
         sql = render_sql(query)
-        problems = grounding.query_problems(query, self.values, links) + [
+        problems = grounding.query_problems(query, self.values, links, question) + [
             f'the question gives no value for {c.table}.{c.column} (kept the neighbour\'s "{c.value}")' for c in kept]
         confidence = round(max(0.0, min(1.0, similarity)) * (1.0 if not problems else 0.5), 4)
         return Answer(sql=sql, raw_sql=sql, confidence=confidence, uncertain=confidence < self.min_confidence,
@@ -145,7 +147,8 @@ class RetrievalBaseline:
                       features={"similarity": round(similarity, 4)})
 
     @staticmethod
-    def substitute(query: Query, links: list[Link], numbers: list[str]) -> tuple[Query, list[Condition]]:
+    def substitute(query: Query, links: list[Link], numbers: list[str], question: str = ""
+                   ) -> tuple[Query, list[Condition]]:
         """The neighbour's query with the question's values (see the module doc), and the conditions
         that kept the neighbour's literal because the question gave none."""
         unused = list(links)
@@ -158,7 +161,11 @@ class RetrievalBaseline:
                 value = numbers.pop(0) if numbers else cond.value
                 if value.isdigit() and cond.value.endswith(".0"):
                     value += ".0"  # the dataset writes years of death as "2164.0"
-                conditions.append(Condition(cond.table, cond.column, cond.op, value))
+                stated = grounding.stated_comparison(question, value)
+                op = cond.op
+                if stated is not None and grounding.DIRECTION.get(op, op) != stated[0]:
+                    op = _TURNED.get(op, stated[0])  # "over 65" where the neighbour had "under 50"
+                conditions.append(Condition(cond.table, cond.column, op, value))
                 continue
             same = [k for k in unused if (k.table, k.column) == (cond.table, cond.column)]
             sibling = [k for k in unused if k.table == cond.table and recoverable(k.table, k.column) == "fuzzy"

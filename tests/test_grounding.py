@@ -60,3 +60,49 @@ def test_a_patient_name_the_database_does_not_know_does_not_qualify(values):
     assert grounding.problems(named.format(known), values) == []
     assert grounding.problems(named.format("Pts With Htn Nos"), values) == [
         '"Pts With Htn Nos" is not a value of DEMOGRAPHIC.NAME']
+
+
+def test_a_query_selecting_one_column_twice_does_not_qualify(values):
+    twice = 'SELECT DEMOGRAPHIC."AGE",DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = "10019"'
+    assert grounding.problems(twice, values) == ["selects DEMOGRAPHIC.AGE twice"]
+    assert grounding.problems(twice.replace('"AGE",', '"GENDER",'), values) == []
+
+
+@pytest.mark.parametrize(("question", "number", "stated"), [
+    ("how many pts over 65?", "65", (">", "over 65")),
+    ("female patients 65 or older", "65", (">", "65 or older")),
+    ("patients aged 65 and over", "65", (">", "65 and over")),
+    ("age less than or equal to 43", "43", ("<", "less than or equal to 43")),
+    ("who stayed no more than 3 days", "3", ("<", "no more than 3")),
+    ("admitted before 2150 and younger than 40", "2150", ("<", "before 2150")),
+    ("admitted before 2150 and younger than 40", "40", ("<", "younger than 40")),
+    ("died in 2164 or later", "2164.0", (">", "2164 or later")),
+    ("what is the age of subject id 2110?", "2110", None),
+    ("patients aged 65", "65", None),
+    ("over 60 or under 60", "60", None),  # both ways: no single bound
+])
+def test_the_bound_a_question_states_for_a_number_is_read(question, number, stated):
+    assert grounding.stated_comparison(question, number) == stated
+
+
+def test_a_comparison_the_other_way_than_the_question_says_does_not_qualify(values):
+    asked = "how many patients are over 65?"
+    under, over = COUNT + ' WHERE DEMOGRAPHIC."AGE" < "65"', COUNT + ' WHERE DEMOGRAPHIC."AGE" >= "65"'
+    found = grounding.check([under, over], values, question=asked)
+    assert found == [['the question says "over 65", the query DEMOGRAPHIC.AGE < 65'], []]
+    assert grounding.first_grounded(found) == (1, [])
+    # Equality where the question bounds the number is the other way too; a question without a bound
+    # leaves every operator to the model.
+    assert grounding.problems(COUNT + ' WHERE DEMOGRAPHIC."AGE" = "65"', values, question=asked)
+    assert grounding.problems(under, values, question="how many patients aged 65?") == []
+
+
+@pytest.mark.parametrize("table", ["_AGE", "_STAY", "_YEAR"])
+def test_every_comparison_the_augmentation_writes_is_read_back_the_way_its_operator_goes(table):
+    from medsql import augment
+
+    for op, phrasings in getattr(augment, table).items():
+        for phrasing in phrasings:
+            question = "how many patients " + phrasing.format(n="47", what="admitted")
+            stated = grounding.stated_comparison(question, "47")
+            assert (stated and stated[0]) == grounding.DIRECTION.get(op), (op, question, stated)

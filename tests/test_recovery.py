@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 
 import pytest
 from dbtools import create_schema
@@ -79,7 +80,7 @@ def test_values_come_only_from_the_demo_tables_dictionaries_and_training_split(i
     index = ValueIndex.build(db, train)
     # A test-only literal (as a suite database would hold it) is unknown to the index.
     assert "Rare fever" not in index.values("DIAGNOSES", "SHORT_TITLE")
-    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "rare fever") == "rare fever"
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "rare fevr") == "Rare fevr"  # its casing, no snap
     assert set(index.values("DIAGNOSES", "SHORT_TITLE")) == {
         "Acute pancreatitis", "Hypertension NOS", "Long-term use anticoagul", "Mal neo descend colon"}
 
@@ -113,8 +114,20 @@ def test_a_lost_casing_follows_the_columns_pattern(index_files):
     assert index.recover_value("DEMOGRAPHIC", "NAME", "robert clayton") == "Robert Clayton"
     assert index.recover_value("DEMOGRAPHIC", "NAME", "alice nixon") == "Alice Nixon"
     assert index.recover_value("DEMOGRAPHIC", "NAME", "Robert clayton") == "Robert clayton"  # casing given
-    # Titles mix casings: no pattern, the literal stays as predicted.
-    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "zebra fever") == "zebra fever"
+    # Most titles are written in sentence case ("Acute pancreatitis", not "Hypertension NOS").
+    assert index.recover_value("DIAGNOSES", "SHORT_TITLE", "zebra fever") == "Zebra fever"
+
+
+def test_a_lost_casing_takes_the_casing_most_values_follow_unless_lower_case_is_common():
+    drugs = Counter({"Aloe Vesta 2-n-1 Skin Cond": 1, "Heparin": 1, "Vitamin D": 1, "Sodium chloride": 1})
+    doses = Counter({"1-2": 1, "Tab": 1, "mg": 1, "tab": 1, "Cap": 1})
+    index = ValueIndex({("PRESCRIPTIONS", "DRUG"): (Counter(), drugs),
+                        ("PRESCRIPTIONS", "DRUG_DOSE"): (Counter(), doses)})
+    # Three drugs of four in "Title Case" (each word's first letter; "2-n-1" stays as written).
+    assert index.recover_value("PRESCRIPTIONS", "DRUG", "caspofungin") == "Caspofungin"
+    assert index.recover_value("PRESCRIPTIONS", "DRUG", "baza 2-n-1 cream", fuzzy=False) == "Baza 2-n-1 Cream"
+    # Doses are as often lower case as capitalised: no rule, the literal stays as written.
+    assert index.recover_value("PRESCRIPTIONS", "DRUG_DOSE", "puff") == "puff"
 
 
 def test_literals_snap_to_the_questions_own_words(index_files):

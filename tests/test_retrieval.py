@@ -47,3 +47,11 @@ def test_a_sibling_column_link_replaces_the_neighbours_column():
 def test_an_unlinked_literal_is_kept_and_the_answer_says_it_is_not_grounded(retrieval):
     answer = retrieval.answer(["how many patients whose drug name is qqqzzz?"])[0]
     assert not answer.grounded and answer.problems and answer.uncertain
+
+
+def test_a_number_takes_the_bound_the_question_states_whatever_the_neighbours_operator():
+    neighbour = Query([("count_distinct", "DEMOGRAPHIC", "SUBJECT_ID")],
+                      [Condition("DEMOGRAPHIC", "AGE", "<=", "50"), Condition("DEMOGRAPHIC", "DAYS_STAY", ">", "3")])
+    changed, kept = RetrievalBaseline.substitute(neighbour, [], ["65", "3"], "pts 65 or older who stayed over 3 days")
+    assert not kept and changed.conditions == [Condition("DEMOGRAPHIC", "AGE", ">=", "65"),
+                                               Condition("DEMOGRAPHIC", "DAYS_STAY", ">", "3")]

@@ -15,8 +15,9 @@ column:
 - case-insensitive hit: the stored casing (the training split's casing first, then the database's);
 - otherwise, for free-text columns only, the best fuzzy match (rapidfuzz ratio on normalised
   strings) at or above a threshold;
-- otherwise a lower-cased literal takes its column's casing pattern when (nearly) all the
-  column's values share one (upper case, or "Title Case" as patient names); else it is left alone.
+- otherwise a lower-cased literal takes its column's casing pattern: the casing most of the
+  column's values follow ("UPPER", "Sentence case" as diagnosis titles, "Title Case" as patient
+  names and most drugs), when it is the rule and lower case the exception; else it is left alone.
 
 Codes and identifiers (ICD9_CODE, ITEMID, SUBJECT_ID, NAME, ...) get only the casing fix: a
 fuzzy match would swap one real code or patient for another. Numbers and dates are left alone.
@@ -96,7 +97,7 @@ class _ColumnValues:
     by_lower: dict[str, str]        # lower-cased value -> preferred stored casing
     choices: list[str]              # preferred casings, one per distinct lower-cased value
     processed: list[str]            # rapidfuzz-normalised form of each choice
-    pattern: str | None             # "upper" or "title" when (nearly) every value is written so
+    pattern: str | None             # the CASINGS name most values follow (None: no rule)
 
 
 class ValueIndex:
@@ -230,7 +231,7 @@ class ValueIndex:
         # Unknown value whose casing was lost (a lower-cased output): the column's casing pattern,
         # e.g. a patient name missing from the demo is still written "First Last".
         if value == value.lower() and entry.pattern:
-            return value.upper() if entry.pattern == "upper" else value.title()
+            return CASINGS[entry.pattern](value)
         return value
 
     def _question_span(self, value: str, question: str, max_words: int = 12) -> str | None:
@@ -306,15 +307,25 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _pattern(values: list[str], share: float = 0.95) -> str | None:
-    """The casing (nearly) every value of a column follows, if any."""
+def _title(text: str) -> str:
+    """Each word's first letter upper case, the rest as written ("2-n-1" stays, unlike str.title)."""
+    return " ".join(word[:1].upper() + word[1:] for word in text.split(" "))
+
+
+# The casings a column's values may follow, each as the function that writes a lower-case text so.
+CASINGS = {"upper": str.upper, "sentence": lambda text: text[:1].upper() + text[1:], "title": _title}
+
+
+def _pattern(values: list[str], share: float = 0.5) -> str | None:
+    """The casing most of a column's values follow, if it is the rule (at least `share` of the
+    values with letters) and lower case the exception (fewer values written all lower case)."""
     cased = [v for v in values if v.lower() != v.upper()]  # values with letters
     if len(cased) < 2:
         return None
-    for name, rule in (("upper", str.upper), ("title", str.title)):
-        if sum(v == rule(v) for v in cased) >= share * len(cased):
-            return name
-    return None
+    lower = sum(v == v.lower() for v in cased)
+    follow = {name: sum(v == write(v.lower()) for v in cased) for name, write in CASINGS.items()}
+    name = max(follow, key=follow.get)  # ties: the first in CASINGS
+    return name if follow[name] >= share * len(cased) and follow[name] > lower else None
 
 
 def _training_queries(path: Path) -> list[Query]:
