@@ -33,7 +33,7 @@ test-fast: $(BIN)/.installed
 	pytest -q -rs -m "not slow" $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	ruff check medsql dags tests
+	ruff check medsql dags tests evalsets
 
 # Airflow standalone on 127.0.0.1:8080 with the medsql DAG; prints how to log in (AIRFLOW_PORT=... to move it).
 airflow: $(BIN)/.installed

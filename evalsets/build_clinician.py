@@ -241,7 +241,8 @@ SPECS = [
     ("when was harry stassinos admitted", [col("D", "ADMITTIME")], [("D", "NAME", "=", "Harry Stassinos")], ["verb"]),
     ("give me the insurance and discharge disposition for pt 10124",
      [col("D", "INSURANCE"), col("D", "DISCHARGE_LOCATION")], [("D", "SUBJECT_ID", "=", "10124")], []),
-    ("what is the subject id of bruno struebing", [col("D", "SUBJECT_ID")], [("D", "NAME", "=", "Bruno Struebing")], []),
+    ("what is the subject id of bruno struebing", [col("D", "SUBJECT_ID")],
+     [("D", "NAME", "=", "Bruno Struebing")], []),
     ("date of death and discharge time for pt 10027", [col("D", "DOD"), col("D", "DISCHTIME")],
      [("D", "SUBJECT_ID", "=", "10027")], []),
     ("how long did mary bryant stay, and what was her admitting dx", [col("D", "DAYS_STAY"), col("D", "DIAGNOSIS")],
@@ -329,10 +330,10 @@ SPECS = [
     ("what are thomas maly's diagnoses, long titles please", [col("DX", "LONG_TITLE")],
      [("D", "NAME", "=", "Thomas Maly")], []),
     ("icd9 codes for pt 10045", [col("DX", "ICD9_CODE")], [("DX", "SUBJECT_ID", "=", "10045")], []),
-    ("short and long title for dx code 5990", [col("DX", "SHORT_TITLE"), col("DX", "LONG_TITLE")], [("DX", "ICD9_CODE", "=", "5990")],
-     []),
-    ("what's the icd9 code for atrial flutter?", [col("DX", "ICD9_CODE")], [("DX", "SHORT_TITLE", "=", "Atrial flutter")],
-     []),
+    ("short and long title for dx code 5990", [col("DX", "SHORT_TITLE"), col("DX", "LONG_TITLE")],
+     [("DX", "ICD9_CODE", "=", "5990")], []),
+    ("what's the icd9 code for atrial flutter?", [col("DX", "ICD9_CODE")],
+     [("DX", "SHORT_TITLE", "=", "Atrial flutter")], []),
     ("admitting dx and coded diagnoses for pt 40503", [col("D", "DIAGNOSIS"), col("DX", "SHORT_TITLE")],
      [("D", "SUBJECT_ID", "=", "40503")], []),
     ("show me jean shani's los and her diagnosis codes", [col("D", "DAYS_STAY"), col("DX", "ICD9_CODE")],
@@ -364,13 +365,13 @@ SPECS = [
      ["lay", "verb"]),
     ("how many pts underwent ercp", [CD],
      [("PR", "LONG_TITLE", "=", "Endoscopic retrograde cholangiopancreatography [ERCP]")], ["verb"]),
-    ("how many were put on non-invasive ventilation (bipap)", [CD], [("PR", "SHORT_TITLE", "=", "Non-invasive mech vent")],
-     ["verb"]),
+    ("how many were put on non-invasive ventilation (bipap)", [CD],
+     [("PR", "SHORT_TITLE", "=", "Non-invasive mech vent")], ["verb"]),
     ("how many pts had procedure 3893", [CD], [("PR", "ICD9_CODE", "=", "3893")], []),
     ("pts over 75 with procedure code 9604 - count", [CD], [("PR", "ICD9_CODE", "=", "9604"), ("D", "AGE", ">", "75")],
      []),
-    ("how many women had a thoracentesis", [CD], [("D", "GENDER", "=", "F"), ("PR", "SHORT_TITLE", "=", "Thoracentesis")],
-     []),
+    ("how many women had a thoracentesis", [CD],
+     [("D", "GENDER", "=", "F"), ("PR", "SHORT_TITLE", "=", "Thoracentesis")], []),
     ("how many emergency admits needed pressors (vasopressor infusion)", [CD],
      [("D", "ADMISSION_TYPE", "=", "EMERGENCY"), ("PR", "SHORT_TITLE", "=", "Infusion of vasopressor")],
      ["lay", "verb"]),
@@ -435,8 +436,8 @@ SPECS = [
     ("how many pts got formulary code FURO40I", [CD], [("RX", "FORMULARY_DRUG_CD", "=", "FURO40I")], ["verb"]),
     ("pts over 85 with drug code HEPA5I, how many", [CD],
      [("RX", "FORMULARY_DRUG_CD", "=", "HEPA5I"), ("D", "AGE", ">", "85")], []),
-    ("how many pts got pantoprazole 40mg", [CD], [("RX", "DRUG", "=", "Pantoprazole"), ("RX", "DRUG_DOSE", "=", "40mg")],
-     ["verb"]),
+    ("how many pts got pantoprazole 40mg", [CD],
+     [("RX", "DRUG", "=", "Pantoprazole"), ("RX", "DRUG_DOSE", "=", "40mg")], ["verb"]),
     ("how many medicaid pts were given zofran", [CD],
      [("D", "INSURANCE", "=", "Medicaid"), ("RX", "DRUG", "=", "Ondansetron")], ["lay", "verb"]),
     ("how many pts on vasopressin stayed more than 10 days", [CD],
@@ -447,8 +448,8 @@ SPECS = [
     ("how many pts had an amp of d50 (dextrose 50%)", [CD], [("RX", "DRUG", "=", "Dextrose 50%")], ["lay"]),
     ("how many pts were on a fentanyl patch", [CD], [("RX", "DRUG", "=", "Fentanyl Patch")], ["verb"]),
     ("list meds for pt 10019", [col("RX", "DRUG")], [("RX", "SUBJECT_ID", "=", "10019")], []),
-    ("drugs and doses for mary bryant", [col("RX", "DRUG"), col("RX", "DRUG_DOSE")], [("D", "NAME", "=", "Mary Bryant")],
-     []),
+    ("drugs and doses for mary bryant", [col("RX", "DRUG"), col("RX", "DRUG_DOSE")],
+     [("D", "NAME", "=", "Mary Bryant")], []),
     ("what route is norepinephrine given by", [col("RX", "ROUTE")], [("RX", "DRUG", "=", "Norepinephrine")], ["verb"]),
     ("formulary code for lovenox?", [col("RX", "FORMULARY_DRUG_CD")], [("RX", "DRUG", "=", "Enoxaparin Sodium")],
      ["lay"]),
@@ -504,7 +505,8 @@ SPECS = [
     ("how many pts had a hematology lab flagged delta", [CD],
      [("L", "FLAG", "=", "delta"), ("L", "CATEGORY", "=", "Hematology")], []),
     ("what labs were drawn on pt 10046", [col("L", "LABEL")], [("L", "SUBJECT_ID", "=", "10046")], ["verb"]),
-    ("what lab category is the lipase (pancreas enzyme) test in", [col("L", "CATEGORY")], [("L", "LABEL", "=", "Lipase")], ["lay"]),
+    ("what lab category is the lipase (pancreas enzyme) test in", [col("L", "CATEGORY")],
+     [("L", "LABEL", "=", "Lipase")], ["lay"]),
     ("itemid for lipase?", [col("L", "ITEMID")], [("L", "LABEL", "=", "Lipase")], []),
     ("what fluid is lab item 51082", [col("L", "FLUID")], [("L", "ITEMID", "=", "51082")], []),
     ("glucose values for pt 10019", [col("L", "VALUE_UNIT")],
@@ -602,13 +604,20 @@ def build() -> list[dict]:
     return records
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python evalsets/build_clinician.py",
+                                     description=f"Write {OUT.relative_to(ROOT)} from the hand-written specs in "
+                                                 "this file (then check it with evalsets/check_clinician.py).")
+    parser.add_argument("--show", action="store_true", help="also print each question's result on the demo db")
+    args = parser.parse_args(argv)
     records = build()
     with OUT.open("w") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     print(f"wrote {len(records)} questions to {OUT.relative_to(ROOT)}")
-    if "--show" in sys.argv:
+    if args.show:
         from medsql.executor import execute
         for r in records:
             res = execute(ROOT / "data" / "mimicsql.db", r["sql"], timeout_s=5)

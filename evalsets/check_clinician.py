@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sqlite3  # noqa: E402
 
 from build_clinician import ABBREVIATION_RE, CODE_COLUMNS, IMPERATIVE_VERBS, condition_order, select_order  # noqa: E402
+
 from medsql.executor import execute  # noqa: E402
 from medsql.schema import TABLE_ORDER, is_numeric  # noqa: E402
 from medsql.sqlform import FormError, parse_sql, render_sql  # noqa: E402
@@ -157,7 +158,7 @@ def main(argv: list[str]) -> int:
         if norm in mimic_questions:
             problem(number, f"question is a MIMICSQL question (key {mimic_questions[norm]})")
         mine = words(question)
-        for theirs, mq in zip(mimic_words, mimic_questions):
+        for theirs, mq in zip(mimic_words, mimic_questions, strict=True):
             overlap = len(mine & theirs) / len(mine | theirs)
             if overlap > worst_overlap[0]:
                 worst_overlap = (overlap, question, mq)
@@ -202,7 +203,8 @@ def main(argv: list[str]) -> int:
                 if hit is None:
                     problem(number, f"{c.table}.{c.column} holds no value {c.value!r} (check casing)")
             elif not (is_numeric(c.table, c.column) and is_number(c.value)):
-                problem(number, f"{c.table}.{c.column} {c.op} {c.value!r}: comparisons need a numeric column and number")
+                problem(number, f"{c.table}.{c.column} {c.op} {c.value!r}: "
+                                "comparisons need a numeric column and number")
             if c.table in ("DIAGNOSES", "PROCEDURES") and c.column in ("SHORT_TITLE", "LONG_TITLE"):
                 codes = conn.execute(f'SELECT COUNT(DISTINCT ICD9_CODE) FROM {c.table} WHERE "{c.column}" = ?',
                                      (c.value,)).fetchone()[0]
