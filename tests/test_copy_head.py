@@ -102,3 +102,14 @@ def test_every_dropout_of_the_model_draws_from_bytes_and_its_outputs_are_unchang
     loss = model(input_ids=ids, labels=torch.tensor([[5, 6, EOS]])).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_byte_dropout_can_be_turned_back_into_torchs_own_dropout() -> None:
+    model = tiny(T5WithCopy, T5CopyConfig, dropout=0.1).eval()
+    use_byte_dropout(model)
+    count = sum(type(m) is ByteDropout for m in model.modules())
+    use_byte_dropout(model, on=False)
+    assert count and not [m for m in model.modules() if type(m) is ByteDropout]
+    assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == count
+    assert all(not m.training for m in model.modules()), "each module keeps its eval mode"
+    assert model.config._attn_implementation == "eager"
