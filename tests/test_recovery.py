@@ -126,6 +126,7 @@ def test_a_lost_casing_takes_the_casing_most_values_follow_unless_lower_case_is_
     # Three drugs of four in "Title Case" (each word's first letter; "2-n-1" stays as written).
     assert index.recover_value("PRESCRIPTIONS", "DRUG", "caspofungin") == "Caspofungin"
     assert index.recover_value("PRESCRIPTIONS", "DRUG", "baza 2-n-1 cream", fuzzy=False) == "Baza 2-n-1 Cream"
+    assert index.recover_value("PRESCRIPTIONS", "DRUG", "tylenol (liquid)", fuzzy=False) == "Tylenol (Liquid)"
     # Doses are as often lower case as capitalised: no rule, the literal stays as written.
     assert index.recover_value("PRESCRIPTIONS", "DRUG_DOSE", "puff") == "puff"
 

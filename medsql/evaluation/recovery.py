@@ -307,13 +307,22 @@ def _number(text: str) -> float | None:
         return None
 
 
+_WORD_START = re.compile(r"(^|\s)([(\[\"']*)([a-z])")  # a word's first letter, after an opening bracket
+
+
 def _title(text: str) -> str:
-    """Each word's first letter upper case, the rest as written ("2-n-1" stays, unlike str.title)."""
-    return " ".join(word[:1].upper() + word[1:] for word in text.split(" "))
+    """Each word's first letter upper case, the rest as written: "Acetaminophen (Liquid)", while
+    "2-n-1" and "w/codeine" stay (str.title would write "2-N-1")."""
+    return _WORD_START.sub(lambda m: m[1] + m[2] + m[3].upper(), text)
+
+
+def _sentence(text: str) -> str:
+    """The first letter upper case, the rest as written."""
+    return _WORD_START.sub(lambda m: m[1] + m[2] + m[3].upper(), text, count=1)
 
 
 # The casings a column's values may follow, each as the function that writes a lower-case text so.
-CASINGS = {"upper": str.upper, "sentence": lambda text: text[:1].upper() + text[1:], "title": _title}
+CASINGS = {"upper": str.upper, "sentence": _sentence, "title": _title}
 
 
 def _pattern(values: list[str], share: float = 0.5) -> str | None:
