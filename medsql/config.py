@@ -195,7 +195,7 @@ class TrainConfig:
     max_steps: int = _setting(0, _non_negative, "must be 0 (use epochs) or positive")
     epochs: float = _setting(6, _positive, "must be positive")
     optimizer: str = _setting("adafactor", *_OPTIMIZER)  # adafactor: updates scaled to each weight's RMS
-    learning_rate: float = _setting(0.01, _positive, "must be positive")
+    learning_rate: float = _setting(0.015, _positive, "must be positive")
     lr_scheduler: str = "cosine"
     warmup_ratio: float = _setting(0.05, _share, "must be between 0 and 1")
     weight_decay: float = _setting(0.01, _non_negative, "must be 0 or positive")
