@@ -99,6 +99,13 @@ def stated_comparison(question: str, number: str) -> tuple[str, str] | None:
     return next(iter(found.items())) if len(found) == 1 else None
 
 
+def bound_against(question: str, op: str, number: str) -> tuple[str, str] | None:
+    """The question's bound on `number` (as `stated_comparison` gives it) where `op` compares it the
+    other way ("over 65" against `<` or `=`); None where the two agree or the question states none."""
+    stated = stated_comparison(question, number)
+    return stated if stated is not None and DIRECTION.get(op, op) != stated[0] else None
+
+
 def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = (), question: str | None = None
              ) -> list[str]:
     """Why the database (or the question) cannot stand behind this SQL (an empty list: it qualifies)."""
@@ -115,8 +122,8 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
     found = [f"selects {item[1]}.{item[2]} twice" for item, n in Counter(query.select).items() if n > 1]
     for cond in query.conditions:
         name = f"{cond.table}.{cond.column}"
-        stated = stated_comparison(question, cond.value) if question else None
-        if stated is not None and DIRECTION.get(cond.op, cond.op) != stated[0]:
+        stated = bound_against(question, cond.op, cond.value) if question else None
+        if stated is not None:
             found.append(f'the question says "{stated[1]}", the query {name} {cond.op} {cond.value}')
         if is_numeric(cond.table, cond.column):
             if not is_number(cond.value):

@@ -161,10 +161,8 @@ class RetrievalBaseline:
                 value = numbers.pop(0) if numbers else cond.value
                 if value.isdigit() and cond.value.endswith(".0"):
                     value += ".0"  # the dataset writes years of death as "2164.0"
-                stated = grounding.stated_comparison(question, value)
-                op = cond.op
-                if stated is not None and grounding.DIRECTION.get(op, op) != stated[0]:
-                    op = _TURNED.get(op, stated[0])  # "over 65" where the neighbour had "under 50"
+                stated = grounding.bound_against(question, cond.op, value)
+                op = cond.op if stated is None else _TURNED.get(cond.op, stated[0])  # "over 65" for "under 50"
                 conditions.append(Condition(cond.table, cond.column, op, value))
                 continue
             same = [k for k in unused if (k.table, k.column) == (cond.table, cond.column)]

@@ -40,6 +40,7 @@ import re
 import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from rapidfuzz import fuzz, process, utils
@@ -310,19 +311,14 @@ def _number(text: str) -> float | None:
 _WORD_START = re.compile(r"(^|\s)([(\[\"']*)([a-z])")  # a word's first letter, after an opening bracket
 
 
-def _title(text: str) -> str:
-    """Each word's first letter upper case, the rest as written: "Acetaminophen (Liquid)", while
-    "2-n-1" and "w/codeine" stay (str.title would write "2-N-1")."""
-    return _WORD_START.sub(lambda m: m[1] + m[2] + m[3].upper(), text)
-
-
-def _sentence(text: str) -> str:
-    """The first letter upper case, the rest as written."""
-    return _WORD_START.sub(lambda m: m[1] + m[2] + m[3].upper(), text, count=1)
+def _capitalised(text: str, words: int = 0) -> str:
+    """The first letter of each word (of the first `words`; 0: all) upper case, the rest as written:
+    "Acetaminophen (Liquid)", while "2-n-1" and "w/codeine" stay (str.title would write "2-N-1")."""
+    return _WORD_START.sub(lambda m: m[1] + m[2] + m[3].upper(), text, count=words)
 
 
 # The casings a column's values may follow, each as the function that writes a lower-case text so.
-CASINGS = {"upper": str.upper, "sentence": _sentence, "title": _title}
+CASINGS = {"upper": str.upper, "sentence": partial(_capitalised, words=1), "title": _capitalised}
 
 
 def _pattern(values: list[str], share: float = 0.5) -> str | None:
