@@ -38,7 +38,8 @@ from medsql.evaluation.recovery import ValueIndex, recoverable
 log = logging.getLogger(__name__)
 
 LEXICON = Path(__file__).parent / "resources" / "lexicon.yaml"
-MAX_SPAN_WORDS = 10      # the longest run of question words looked up as one value
+MAX_SPAN_WORDS = 24      # the longest run of question words looked up as one value (a fifth of the
+                         # dictionaries' long titles run past 10 words)
 MAX_LINKS = 8            # candidates returned for one question, best first
 MIN_COVERAGE = 0.75      # share of a value's content words the question must state for a fuzzy link
 PREFIX_CHARS = 4         # a value word matches a question word it is a prefix of (or that is its prefix)
@@ -198,6 +199,7 @@ class Linker:
         """Values whose content words the question (or a lexicon expansion) states."""
         stated = list(dict.fromkeys(w for w in words + [x for e in expansions for x in e.split()]
                                     if w not in FILLER and not w.isdigit() and len(w) >= 3))
+        heard = set(words) | {x for e in expansions for x in e.split()}
         hits: Counter = Counter()
         for word in stated:
             for index in set(self._by_prefix.get(word[:PREFIX_CHARS], ())) if len(word) >= PREFIX_CHARS else ():
@@ -213,8 +215,12 @@ class Linker:
             coverage = len(matched) / len(value_words)
             if coverage < MIN_COVERAGE or (len(value_words) == 1 and len(matched[0]) < 5 if matched else True):
                 continue
-            # More of the value stated, and more words of it, rank higher; 60-95.
-            score = 60.0 + 30.0 * coverage + min(5.0, len(matched))
+            # More of the value stated, and more words of it, rank higher; 60-96. Of two values with
+            # the same content words, the one whose other words the question also says ranks higher:
+            # "without mention of" picks "... without mention of cerebral infarction" over "... with".
+            filler = [w for w in normalised(value).split() if w in FILLER]
+            said = sum(w in heard for w in filler) / len(filler) if filler else 0.0
+            score = 60.0 + 30.0 * coverage + min(5.0, len(matched)) + said
             links.append(Link(table, column, value, " ".join(matched), round(score, 1), "fuzzy"))
         return links
 

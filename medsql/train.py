@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -562,18 +563,54 @@ def end_abandoned_runs() -> list[str]:
 
 def wall_clock_limit(minutes: float):
     """A callback that stops training after `minutes` of wall time (0: never); the stop triggers
-    a last evaluation and checkpoint, and the best checkpoint is still the one kept."""
+    a last evaluation and checkpoint, and the best checkpoint is still the one kept.
+
+    With a limit, the learning-rate schedule also runs by the clock: at each step it takes whichever
+    is further along, the steps done or the time spent, as its progress (`by_the_clock`). On a machine
+    fast enough to finish in time the steps stay ahead and the schedule is the Trainer's own, step for
+    step; on a slow one the rate still decays to its end by the deadline, so the run the limit stops
+    has annealed instead of being cut off mid-schedule at a high learning rate."""
     from transformers import TrainerCallback
 
-    deadline = time.monotonic() + minutes * 60 if minutes else None
+    budget = minutes * 60
+    deadline = time.monotonic() + budget
+    clock: dict[str, float] = {}  # the schedule's clock, started when the first step ends
+
+    def spent() -> float:
+        if "start" not in clock:
+            return 0.0
+        return (time.monotonic() - clock["start"]) / max(1e-9, deadline - clock["start"])
 
     class WallClockLimit(TrainerCallback):
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            nonlocal deadline
+            deadline = time.monotonic() + budget
+            # One process only: under torchrun each rank has its own clock, and ranks must step alike.
+            if budget and hasattr(lr_scheduler, "lr_lambdas") and getattr(args, "world_size", 1) == 1:
+                lr_scheduler.lr_lambdas = [by_the_clock(f, state.global_step, state.max_steps, spent)
+                                           for f in lr_scheduler.lr_lambdas]
+
         def on_step_end(self, args, state, control, **kwargs):
-            if deadline and time.monotonic() > deadline:
+            # From the end of the first step: its one-off costs say nothing about the pace.
+            clock.setdefault("start", time.monotonic())
+            if budget and time.monotonic() > deadline:
                 control.should_training_stop = control.should_evaluate = control.should_save = True
             return control
 
     return WallClockLimit()
+
+
+def by_the_clock(schedule, first: int, steps: int, spent):
+    """A LambdaLR factor (step -> multiplier) that is `schedule`'s at the step the time spent stands
+    for, where that is further along than the step itself: from `first` (the step this run starts
+    at) to `steps` (the last) in proportion to `spent()`, the share of the time to the deadline used
+    since the first step ended. A plain function: LambdaLR keeps no state of it in a checkpoint."""
+
+    def factor(step: int) -> float:
+        by_time = first + math.floor(spent() * (steps - first))
+        return schedule(min(steps, max(step, by_time)))
+
+    return factor
 
 
 def progress_log(share: float):

@@ -48,6 +48,27 @@ def test_the_words_people_use_find_an_abbreviated_dictionary_title(linker):
     assert ("DIAGNOSES", "LONG_TITLE", "Urinary tract infection, site not specified") in links
 
 
+def test_a_long_title_stated_in_full_is_the_first_candidate_not_its_sibling_with_the_same_content_words(linker):
+    # 12 words, past the old 10-word span; "with cerebral infarction" has the same content words.
+    question = ("how many divorced patients were diagnosed with occlusion and stenosis of carotid artery "
+                "without mention of cerebral infarction?")
+    first = next(k for k in linker.link(question) if k.column == "LONG_TITLE")
+    assert (first.value, first.source) == (
+        "Occlusion and stenosis of carotid artery without mention of cerebral infarction", "exact")
+    fuzzy = linker.link("occlusion stenosis carotid artery, without mention of cerebral infarction")
+    titles = [k.value for k in fuzzy if k.column == "LONG_TITLE"]
+    assert titles.index("Occlusion and stenosis of carotid artery without mention of cerebral infarction") < \
+        titles.index("Occlusion and stenosis of carotid artery with cerebral infarction")
+
+
+@pytest.mark.parametrize("question, link", [
+    ("how many unmarried patients are on medicaid?", ("DEMOGRAPHIC", "MARITAL_STATUS", "SINGLE")),
+    ("count the widows admitted in 2150", ("DEMOGRAPHIC", "MARITAL_STATUS", "WIDOWED")),
+])
+def test_marital_words_of_lexicon_version_4_are_linked(linker, question, link):
+    assert link in found(linker, question)
+
+
 def test_a_lexicon_phrase_is_not_linked_by_its_single_words(linker):
     links = found(linker, "how many patients with high blood pressure are on medicare?")
     assert not any(column == "FLUID" for _, column, _ in links), "'blood' of 'high blood pressure' is no lab fluid"

@@ -193,6 +193,79 @@ def test_under_torchrun_only_rank_0_logs_and_saves(tiny_project) -> None:
     assert not list(root.glob("models/.medsql.staging-*")) and not list(root.glob("checkpoints/*/checkpoint-*"))
 
 
+def _cosine(steps: int):
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return optimizer, get_scheduler("cosine", optimizer, num_warmup_steps=steps // 20, num_training_steps=steps)
+
+
+def test_the_schedule_is_the_trainers_own_while_the_steps_are_ahead_of_the_clock() -> None:
+    from medsql.train import by_the_clock
+
+    _, plain = _cosine(100)
+    factor = by_the_clock(plain.lr_lambdas[0], 0, 100, lambda: 0.3)  # 30 % of the time, 30 steps' worth
+    assert [factor(s) for s in range(30, 101)] == [plain.lr_lambdas[0](s) for s in range(30, 101)]
+    assert factor(10) == plain.lr_lambdas[0](30), "behind the clock: the schedule moves on by the time"
+    assert by_the_clock(plain.lr_lambdas[0], 40, 100, lambda: 0.5)(41) == plain.lr_lambdas[0](70)
+    assert by_the_clock(plain.lr_lambdas[0], 0, 100, lambda: 1.7)(50) == plain.lr_lambdas[0](100) == 0.0
+
+
+def test_a_run_the_wall_clock_limit_stops_has_annealed_its_learning_rate() -> None:
+    from transformers import TrainerControl, TrainerState
+
+    from medsql.train import wall_clock_limit
+
+    optimizer, schedule = _cosine(1000)
+    limit = wall_clock_limit(0.002)  # 120 ms
+    limit.on_train_begin(None, TrainerState(max_steps=1000, global_step=0), TrainerControl(), lr_scheduler=schedule)
+    for _ in range(10):  # ten steps of a thousand: at this pace the limit stops the run at step 10
+        optimizer.step()
+        schedule.step()
+        control = limit.on_step_end(None, None, TrainerControl())
+        time.sleep(0.015)
+    assert control.should_training_stop
+    assert optimizer.param_groups[0]["lr"] < 0.1, "decayed by the clock, not at step 10's warm-up rate"
+
+    optimizer, schedule = _cosine(1000)
+    plain = list(schedule.lr_lambdas)
+    wall_clock_limit(0).on_train_begin(None, TrainerState(max_steps=1000), TrainerControl(), lr_scheduler=schedule)
+    assert schedule.lr_lambdas == plain, "no limit: the Trainer's schedule untouched"
+
+
+def test_a_trainer_the_wall_clock_limit_stops_early_has_decayed_its_learning_rate_to_zero(tmp_path) -> None:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from medsql.train import wall_clock_limit
+
+    class Slow(torch.nn.Module):  # 20 ms a step: the limit of 0.9 s stops it near step 40 of 1000
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, labels=None):
+            time.sleep(0.02)
+            return {"loss": ((self.w * x - labels) ** 2).mean()}
+
+    rows = [{"x": torch.tensor([1.0]), "labels": torch.tensor([2.0])}] * 1000
+    rates: list[float] = []
+
+    class Rates(TrainerCallback):
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            rates.append(lr_scheduler.get_last_lr()[0])
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1000, per_device_train_batch_size=1,
+                             learning_rate=0.1, lr_scheduler_type="cosine", warmup_steps=20, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1000)
+    trainer = Trainer(model=Slow(), args=args, train_dataset=rows, eval_dataset=rows[:2],
+                      callbacks=[wall_clock_limit(0.015), Rates()])
+    trainer.train()
+    assert 3 <= trainer.state.global_step < 200, "stopped by the limit, far from the 1000 steps planned"
+    assert max(rates) > 0.02 and rates[-1] < 0.001, "the rate rose, then decayed to nothing by the deadline"
+
+
 def test_wall_clock_limit_stops_training_with_a_last_evaluation_and_checkpoint() -> None:
     from transformers import TrainerControl
 
