@@ -161,3 +161,29 @@ def test_literals_snap_to_the_questions_own_words(index_files):
                                question="drug name is zolmitriptan oral tablet?") == "zolmitriptan oral"
     assert index.recover_value("PRESCRIPTIONS", "DRUG", "mitriptan oral tab",
                                question="drug name is zolmitriptan oral tablet?") == "zolmitriptan oral tablet"
+
+
+CAROTID = ("Occlusion and stenosis of carotid artery without mention of cerebral infarction")
+TITLE_SQL = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN DIAGNOSES on '
+             'DEMOGRAPHIC.HADM_ID = DIAGNOSES.HADM_ID WHERE DEMOGRAPHIC."MARITAL_STATUS" = "DIVORCED" '
+             'AND DIAGNOSES."{column}" = "{value}"')
+
+
+def test_a_title_written_in_its_sibling_column_moves_to_the_column_that_holds_it(mimicsql_db, real_splits):
+    index = ValueIndex.build(mimicsql_db, real_splits / "train.jsonl")
+    question = f"how many divorced patients were diagnosed with {CAROTID.lower()}?"
+    right = TITLE_SQL.format(column="LONG_TITLE", value=CAROTID)
+    # The long title written as a short title, whole or cut short while copying: only the column and
+    # the literal change in the text.
+    assert index.recover(TITLE_SQL.format(column="SHORT_TITLE", value=CAROTID.lower()), question) == right
+    cut = TITLE_SQL.format(column="SHORT_TITLE", value="Occlusion and stenosis of carotid artery")
+    assert index.recover(cut, question) == right
+    assert index.recover(cut) == cut, "cut short and no question to complete it from: left alone"
+
+
+def test_a_title_the_question_states_for_the_column_written_stays_in_that_column(mimicsql_db, real_splits):
+    index = ValueIndex.build(mimicsql_db, real_splits / "train.jsonl")
+    question = "count the patients whose diagnoses long title is seroma complicating a procedure"
+    written = TITLE_SQL.format(column="LONG_TITLE", value="seroma complicting proc")  # the short title
+    assert index.recover(written, question) == TITLE_SQL.format(
+        column="LONG_TITLE", value="Seroma complicating a procedure")

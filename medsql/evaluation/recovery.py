@@ -17,7 +17,10 @@ column:
   strings) at or above a threshold;
 - otherwise a lower-cased literal takes its column's casing pattern: the casing most of the
   column's values follow ("UPPER", "Sentence case" as diagnosis titles, "Title Case" as patient
-  names and most drugs), when it is the rule and lower case the exception; else it is left alone.
+  names and most drugs), when it is the rule and lower case the exception; else it is left alone;
+- a diagnosis or procedure title that none of the above makes a value of its column, but that is
+  a value of the sibling column (the long title written as the short one, or cut short inside a
+  long title the question states in full), moves to that column: `LONG_TITLE = "<long title>"`.
 
 Codes and identifiers (ICD9_CODE, ITEMID, SUBJECT_ID, NAME, ...) get only the casing fix: a
 fuzzy match would swap one real code or patient for another. Numbers and dates are left alone.
@@ -67,6 +70,13 @@ CASE_ONLY_COLUMNS: dict[str, set[str]] = {
     "PROCEDURES": {"ICD9_CODE"},
     "PRESCRIPTIONS": {"FORMULARY_DRUG_CD", "DRUG_DOSE"},
     "LAB": {"ITEMID", "VALUE_UNIT"},
+}
+# Columns that spell one concept two ways: a dictionary's short and long titles. A literal that is not
+# a value of its column but is one of the sibling's ("... short title = <the long title>") names that
+# value, and the condition moves to the sibling column.
+SIBLINGS: dict[tuple[str, str], str] = {
+    ("DIAGNOSES", "SHORT_TITLE"): "LONG_TITLE", ("DIAGNOSES", "LONG_TITLE"): "SHORT_TITLE",
+    ("PROCEDURES", "SHORT_TITLE"): "LONG_TITLE", ("PROCEDURES", "LONG_TITLE"): "SHORT_TITLE",
 }
 # Full code dictionaries in the database: (dictionary table, its column) per MIMICSQL column.
 DICTIONARIES: dict[tuple[str, str], tuple[str, str]] = {
@@ -262,16 +272,33 @@ class ValueIndex:
         return entry.by_lower[max(known, key=len)] if known else None
 
     def recover_query(self, query: Query, fuzzy: bool = True, question: str | None = None) -> Query:
-        conditions = [Condition(c.table, c.column, c.op,
-                                self.recover_value(c.table, c.column, c.value, fuzzy, question))
-                      for c in query.conditions]
+        conditions = []
+        for c in query.conditions:
+            value = self.recover_value(c.table, c.column, c.value, fuzzy, question)
+            # Recovery found no value of the column itself: the literal may be its sibling's.
+            moved = self.in_sibling(c, question) if fuzzy and self.holds(c.table, c.column, value) is False else None
+            conditions.append(moved or Condition(c.table, c.column, c.op, value))
         return Query(query.select, conditions)
+
+    def in_sibling(self, cond: Condition, question: str | None = None) -> Condition | None:
+        """The condition moved to its sibling column (`SIBLINGS`) when its literal is a value of the
+        sibling, or the model stopped copying inside a sibling value the question states in full;
+        None otherwise."""
+        sibling = SIBLINGS.get((cond.table, cond.column))
+        other = self._columns.get((cond.table, sibling)) if sibling else None
+        if other is None:
+            return None
+        value = other.by_lower.get(cond.value.lower())
+        if value is None and question:
+            value = self._known_span_around(other, cond.value, question)
+        return Condition(cond.table, sibling, cond.op, value) if value is not None else None
 
     def recover(self, sql: str, question: str | None = None) -> str:
         """SQL with its condition literals recovered; SQL outside the dataset's grammar is returned as is.
 
-        Only the literals change: the rest of the prediction is kept character for character, so
-        recovery never improves a metric by reformatting the query.
+        Only the literals change, and a title's column where the literal is its sibling's: the rest
+        of the prediction is kept character for character, so recovery never improves a metric by
+        reformatting the query.
         """
         try:
             query = parse_sql(sql)
@@ -286,8 +313,11 @@ class ValueIndex:
         if len(matches) != len(query.conditions):  # cannot happen for parse_sql's grammar
             return render_sql(recovered)
         pieces, last = [], 0
-        for match, cond in zip(matches, recovered.conditions, strict=True):
+        for match, cond, was in zip(matches, recovered.conditions, query.conditions, strict=True):
             quote = match["value"][0] if match["value"][0] in "\"'" else '"'
+            if cond.column != was.column:  # moved to the sibling column
+                pieces += [sql[last:match.start("col")], f'{cond.table}."{cond.column}"']
+                last = match.end("col")
             pieces += [sql[last:match.start("value")], quote + cond.value + quote]
             last = match.end("value")
         return "".join(pieces) + sql[last:]
