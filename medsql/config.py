@@ -149,7 +149,7 @@ class Lora:
 # The train settings a profile may override (train.reference.<key> replaces train.<key>).
 PROFILE_OVERRIDES = ("optimizer", "learning_rate", "epochs", "per_device_batch_size",
                      "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
-                     "label_smoothing", "lr_scheduler", "target_form")
+                     "label_smoothing", "lr_scheduler", "target_form", "ensemble_members")
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,7 @@ class ReferenceProfile:
     label_smoothing: float | None = 0.05
     lr_scheduler: str | None = "linear"
     target_form: str | None = "sql"
+    ensemble_members: int | None = 1
 
 
 _OPTIMIZER = _one_of("adafactor", "adamw")
@@ -208,6 +209,10 @@ class TrainConfig:
     eval_every_epochs: float = _setting(3, _positive, "must be positive")  # validation + checkpoint
     save_total_limit: int = _setting(2, _positive, "must be positive")
     num_beams: int = _setting(4, lambda v: 1 <= v <= 16, "must be between 1 and 16")  # beam size at generation
+    # Models trained (seeds seed, seed+1, ...: each its own augmentation, tokenizer and initial
+    # weights); the Predictor pools their beams and ranks each candidate by the members' mean
+    # log-probability. max_wall_minutes is shared among them.
+    ensemble_members: int = _setting(1, lambda v: 1 <= v <= 8, "must be from 1 to 8")
     max_wall_minutes: float = _setting(15, _non_negative, "must be 0 (no limit) or positive")
     # Answers whose calibrated confidence is below this are marked uncertain (written into the model folder).
     min_confidence: float = _setting(0.5, _share, "must be between 0 and 1")

@@ -197,9 +197,9 @@ class Linker:
 
     def _fuzzy(self, words: list[str], expansions: list[str]) -> list[Link]:
         """Values whose content words the question (or a lexicon expansion) states."""
-        stated = list(dict.fromkeys(w for w in words + [x for e in expansions for x in e.split()]
-                                    if w not in FILLER and not w.isdigit() and len(w) >= 3))
-        heard = set(words) | {x for e in expansions for x in e.split()}
+        expanded = [x for e in expansions for x in e.split()]
+        stated = list(dict.fromkeys(w for w in words + expanded if w not in FILLER and not w.isdigit() and len(w) >= 3))
+        heard = set(words + expanded)
         hits: Counter = Counter()
         for word in stated:
             for index in set(self._by_prefix.get(word[:PREFIX_CHARS], ())) if len(word) >= PREFIX_CHARS else ():

@@ -73,6 +73,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, individual_digits: bo
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=256, **SPECIAL_TOKENS)
 
 
+def target_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str], compact: bool, max_length: int) -> list[list[int]]:
+    """The label ids of target texts (compact form or SQL), as training learns them and scoring reads them.
+
+    In the compact form a lone '▁' right before a schema token (`where ▁ diagnoses.short_title`)
+    carries nothing and is dropped; elsewhere it is a real space (before a number, inside a date).
+    """
+    ids = tokenizer(text_target=texts, truncation=True, max_length=max_length)["input_ids"]
+    if not compact:
+        return ids
+    schema_ids = set(tokenizer.convert_tokens_to_ids(SCHEMA_TOKENS))
+    space_id = tokenizer.convert_tokens_to_ids("▁")
+    return [[i for i, nxt in zip(row, row[1:] + [None], strict=True) if not (i == space_id and nxt in schema_ids)]
+            for row in ids]
+
+
 def decode_compact(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
     """Ids -> compact text with single spaces; added schema tokens get spaces around them."""
     pieces = []

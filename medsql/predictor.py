@@ -7,6 +7,11 @@ A model folder (what the train stage writes) holds the Hugging Face model and to
 `medsql.json` (how to build inputs and read outputs) and, for the compact target form,
 `values.json` (a ValueIndex: the literal values whose casing a lower-case output gets back).
 
+A folder may hold further ensemble members (`medsql.json`'s `members`: sub-folders, each a model and
+its tokenizer trained from another seed). Then every member runs its beam search, the candidates are
+pooled, and each is ranked by the members' mean log-probability of it (every member scores every
+candidate, by teacher forcing); with one model, the beam's own scores rank them.
+
 `answer` is what interfaces show: the beam's candidates are decoded, the best one the database can
 stand behind is taken (medsql.grounding: inside the grammar, type-correct, literals that exist or
 that the linker proposed), and it carries a confidence (medsql.confidence, calibrated on the
@@ -88,17 +93,33 @@ class Predictor:
         # Generation settings live in the model's generation_config, set once here: generate()
         # passes none, so transformers has nothing to reconcile (and nothing to warn about) per batch.
         self.model.generation_config = self._generation_settings(self.model.generation_config)
-        self._by_beams: dict[int, Any] = {}
+        self.others = [self._load_member(model_dir, folder) for folder in self.meta.get("members", [])]
+        self._by_beams: dict[tuple[int, int], Any] = {}
         self.calibration = Calibration.load(model_dir)
         self._linker: Linker | None = None
         self._links: dict[str, list[Link]] = {}
 
+    def _load_member(self, model_dir: Path, folder: str) -> tuple[Any, Any]:
+        """A further ensemble member's model (in eval mode, with this folder's decoding settings) and tokenizer."""
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        path = model_dir / folder
+        if not (path / "config.json").is_file():
+            raise PredictorError(f"{model_dir / 'medsql.json'}: member {folder!r} is not a model folder "
+                                 f"(no {path / 'config.json'}); retrain with `dvc repro train`")
+        model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
+        model.generation_config = self._generation_settings(model.generation_config)
+        return model, AutoTokenizer.from_pretrained(path)
+
     @classmethod
-    def from_parts(cls, model, tokenizer, meta: dict[str, Any], values: ValueIndex | None) -> Predictor:
-        """A Predictor over objects in memory (the train stage validates through this)."""
+    def from_parts(cls, model, tokenizer, meta: dict[str, Any], values: ValueIndex | None,
+                   others: list[tuple[Any, Any]] | tuple = ()) -> Predictor:
+        """A Predictor over objects in memory (the train stage validates through this); `others`: further
+        ensemble members, (model, tokenizer) pairs."""
         predictor = cls.__new__(cls)
         predictor.model_dir, predictor.name = None, meta.get("name", "in-memory")
         predictor.model, predictor.tokenizer, predictor.meta, predictor.values = model, tokenizer, meta, values
+        predictor.others = list(others)
         predictor.device = next(model.parameters()).device if model is not None else "cpu"
         predictor._by_beams = {}  # the model stays as it is: the Trainer generates with it too
         predictor.calibration, predictor._linker, predictor._links = None, None, {}
@@ -130,17 +151,23 @@ class Predictor:
         settings.num_beams = check_beams(self.meta["num_beams"])
         return settings
 
-    def generation_config(self, num_beams: int | None = None):
-        """The decoding settings for this beam size (None: the model's own), built once per size."""
+    @property
+    def members(self) -> list[tuple[Any, Any]]:
+        """Every model that answers, with its tokenizer: this folder's own, then any further members."""
+        return [(self.model, self.tokenizer), *self.others]
+
+    def generation_config(self, num_beams: int | None = None, member: int = 0):
+        """The decoding settings for this beam size (None: the model's own) and member (0: the folder's
+        own model), built once per pair."""
         beams = check_beams(num_beams) or self.meta["num_beams"]
-        if beams not in self._by_beams:
-            settings = self._generation_settings(self.model.generation_config)
+        if (member, beams) not in self._by_beams:
+            settings = self._generation_settings(self.members[member][0].generation_config)
             settings.num_beams = beams
             settings.num_return_sequences = beams  # every candidate: grounded decoding chooses among them
             settings.return_dict_in_generate = True
             settings.output_scores = True
-            self._by_beams[beams] = settings
-        return self._by_beams[beams]
+            self._by_beams[member, beams] = settings
+        return self._by_beams[member, beams]
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -209,27 +236,91 @@ class Predictor:
 
     def candidates(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32
                    ) -> list[list[tuple[str, float]]]:
-        """Every beam's decoded output with its length-normalised log-probability, best first."""
+        """Every beam's decoded output with its length-normalised log-probability, best first; with
+        further members, the outputs of all their beams, each with the members' mean of it."""
+        texts = self.model_inputs(questions)
+        beams = [self._beam_search(number, texts, num_beams, batch_size) for number in range(len(self.members))]
+        if len(beams) == 1:
+            return beams[0]
+        pooled = [list(dict.fromkeys(output for member in beams for output, _ in member[i]))
+                  for i in range(len(texts))]
+        # A member's beam already scored its own outputs (teacher forcing gives the same figure):
+        # it scores only the others'.
+        scores = []
+        for (model, tokenizer), own in zip(self.members, beams, strict=True):
+            known = [dict(reversed(candidates)) for candidates in own]  # the best score of a repeated output
+            missing = [[output for output in outputs if output not in scored]
+                       for outputs, scored in zip(pooled, known, strict=True)]
+            forced = self._teacher_forced(model, tokenizer, texts, missing, batch_size)
+            scores.append([scored | dict(zip(these, values, strict=True))
+                           for scored, these, values in zip(known, missing, forced, strict=True)])
+        out = []
+        for i, outputs in enumerate(pooled):
+            mean = [sum(member[i][output] for member in scores) / len(scores) for output in outputs]
+            out.append(sorted(zip(outputs, mean, strict=True), key=lambda candidate: -candidate[1]))
+        return out
+
+    def _beam_search(self, member: int, texts: list[str], num_beams: int | None, batch_size: int
+                     ) -> list[list[tuple[str, float]]]:
+        """One member's beam search over model inputs: each one's decoded outputs with their scores, best first."""
         import torch
 
         from medsql.modeling import decode_compact
 
-        settings = self.generation_config(num_beams)
-        texts = self.model_inputs(questions)
+        model, tokenizer = self.members[member]
+        settings = self.generation_config(num_beams, member)
         per_question = settings.num_return_sequences
         out: list[list[tuple[str, float]]] = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                                   truncation=True, max_length=self.meta["max_input_tokens"])
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              truncation=True, max_length=self.meta["max_input_tokens"])
             with torch.inference_mode():
-                generated = self.model.generate(**batch.to(self.device), generation_config=settings)
-                scores = _sequence_scores(self.model, generated, settings.num_beams)
-            decoded = [decode_compact(self.tokenizer, ids) if self.meta["target_form"] == "compact"
-                       else self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                generated = model.generate(**batch.to(self.device), generation_config=settings)
+                scores = _sequence_scores(model, generated, settings.num_beams)
+            decoded = [decode_compact(tokenizer, ids) if self.meta["target_form"] == "compact"
+                       else tokenizer.decode(ids, skip_special_tokens=True).strip()
                        for ids in generated.sequences.tolist()]
             for first in range(0, len(decoded), per_question):
                 out.append(list(zip(decoded[first:first + per_question], scores[first:first + per_question],
                                     strict=True)))
+        return out
+
+    def _teacher_forced(self, model, tokenizer, texts: list[str], outputs: list[list[str]], batch_size: int
+                        ) -> list[list[float]]:
+        """Each output's log-probability per token under `model`, given its model input (teacher forcing);
+        each input is encoded once, however many outputs it has."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from medsql.modeling import target_ids
+
+        out: list[list[float]] = []
+        for start in range(0, len(texts), batch_size):
+            inputs = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                               max_length=self.meta["max_input_tokens"]).to(self.device)
+            these = outputs[start:start + batch_size]
+            if not any(these):
+                out.extend([] for _ in these)
+                continue
+            owner = torch.tensor([i for i, each in enumerate(these) for _ in each], device=self.device)
+            ids = target_ids(tokenizer, [output for each in these for output in each],
+                             self.meta["target_form"] == "compact",
+                             self.meta["max_target_tokens"] + 1)  # + 1: the end of sequence generation adds
+            labels = torch.full((len(ids), max(map(len, ids), default=1)), -100, dtype=torch.long)
+            for row, label in enumerate(ids):
+                labels[row, :len(label)] = torch.tensor(label)
+            labels = labels.to(self.device)
+            with torch.inference_mode():
+                encoded = model.get_encoder()(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+                logits = model(input_ids=inputs.input_ids[owner], attention_mask=inputs.attention_mask[owner],
+                               encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state[owner]),
+                               labels=labels).logits.float()
+            kept = labels != -100
+            token = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+            flat = ((token * kept).sum(1) / kept.sum(1).clamp_min(1)).tolist()
+            for each in these:
+                out.append(flat[:len(each)])
+                flat = flat[len(each):]
         return out
 
     def to_sql(self, output: str, question: str | None = None) -> str:
@@ -331,8 +422,8 @@ def _download_model_dir(uri: str) -> Path:
         raise PredictorError(f"cannot load {uri}: {tracking.failure(err, store)}") from err
     except Exception as err:  # artifact stores raise their own types (OSError, requests, boto, ...)
         raise PredictorError(f"cannot load {uri}: {tracking.failure(err, store)}") from err
-    found = sorted(local.rglob("medsql.json"))
-    found = [p for p in found if p.parent.name != "baseline"]
+    # The model folder is the outermost one: its baseline/ and members/ folders hold medsql.json too.
+    found = sorted(local.rglob("medsql.json"), key=lambda p: (len(p.parts), str(p)))
     if not found:
         raise PredictorError(f"{uri} holds no medsql model folder")
     return found[0].parent

@@ -7,7 +7,7 @@ A meaningful yardstick for a model trained from scratch (whose zero-shot self wr
 2. A new question is masked the same way with the values the linker (medsql.linking) finds in it,
    and the training question closest to it (TF-IDF over words and word pairs, cosine) is taken.
 3. Its SQL keeps its shape; each text literal takes the linked value of the same column (or of a
-   sibling column of the same table, which then replaces the column), and each numeric literal the
+   another text column of the same table, which then replaces the column), and each numeric literal the
    question's numbers in order, compared the way the question bounds it ("over 65": >, whatever
    the neighbour's operator; medsql.grounding.stated_comparison). A literal with nothing to take
    stays as the neighbour had it, and the answer is then ungrounded.
@@ -166,9 +166,9 @@ class RetrievalBaseline:
                 conditions.append(Condition(cond.table, cond.column, op, value))
                 continue
             same = [k for k in unused if (k.table, k.column) == (cond.table, cond.column)]
-            sibling = [k for k in unused if k.table == cond.table and recoverable(k.table, k.column) == "fuzzy"
-                       and recoverable(cond.table, cond.column) == "fuzzy"]
-            pick = (same or sibling or [None])[0]
+            other_text = [k for k in unused if k.table == cond.table and recoverable(k.table, k.column) == "fuzzy"
+                          and recoverable(cond.table, cond.column) == "fuzzy"]
+            pick = (same or other_text or [None])[0]
             if pick is None:
                 conditions.append(cond)
                 kept.append(cond)

@@ -26,6 +26,8 @@ losses, validation metrics, the curve, the model.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -65,6 +67,8 @@ logs:   progress bars on a terminal; elsewhere one line every 10 % of the steps 
         ($MEDSQL_LOG_LEVEL sets the level)"""
 
 PROGRESS_SHARE = 0.1  # off a terminal: a progress line every this share of the steps
+MEMBERS_DIR = "members"  # further ensemble members' folders inside the model folder: members/seed-<seed>
+MIN_WALL_MINUTES = 0.1  # a member's least share of max_wall_minutes (a resumed run may start past it)
 
 
 class TrainError(RuntimeError):
@@ -75,38 +79,97 @@ class TrainError(RuntimeError):
 
 
 def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
-    """Train, validate, save the model folder; returns the summary also written to metrics/train.json."""
+    """Train each member, validate, save the model folder; returns the summary also written to metrics/train.json."""
     import mlflow
-    from transformers import set_seed
 
     main_rank = is_main_process()
     if main_rank:  # one writer: the other ranks of a torchrun job leave MLflow and the outputs to rank 0
         tracking.configure()
         recover_interrupted()
+    members = member_settings(train)
+    meta = model_meta(train, preprocess)
+    os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "true")
+    started = time.monotonic()
+    if not main_rank:
+        for number, member in enumerate(members):
+            trained = train_member(member, preprocess, meta, wall_share(member, started, number, len(members)))
+        return trained.summary  # the Trainer saves checkpoints on rank 0 only
+    with mlflow.start_run(run_name=meta["name"], tags=process_tags()) as active:
+        mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
+        trained = []
+        for number, member in enumerate(members):
+            # The first member trains in the stage's run; each further one in a run of its own nested
+            # under it (its seed is a parameter, and an MLflow run's parameters never change).
+            with (mlflow.start_run(run_name=f"{meta['name']}-seed-{member.seed}", nested=True,
+                                   tags=process_tags()) if number else contextlib.nullcontext()):
+                minutes = wall_share(member, started, number, len(members))
+                trained.append(train_member(member, preprocess, meta, minutes))
+        first = trained[0]
+        summary = ensemble_summary(trained)
+        calibration = calibrate([(t.model, t.tokenizer) for t in trained], meta, first.values, first.val_rows)
+        summary["calibration_brier"] = calibration.brier if calibration else None
+        save_outputs(trained, train, meta, summary, active.info.run_id, calibration)
+    write_json(paths.METRICS / "train.json", summary)
+    for member in trained:  # finished: the checkpoints have served
+        shutil.rmtree(member.run_dir, ignore_errors=True)
+        shutil.rmtree(set_aside_dir(member.run_dir), ignore_errors=True)
+    return summary
+
+
+def member_settings(train: TrainConfig) -> list[TrainConfig]:
+    """The settings each member trains with: the stage's own, then seed+1, seed+2, ..."""
+    return [dataclasses.replace(train, seed=train.seed + number) for number in range(train.ensemble_members)]
+
+
+def wall_share(member: TrainConfig, started: float, number: int, members: int) -> float:
+    """Minutes the member may train (0: no limit): an equal part of the time the members before it
+    left of `max_wall_minutes`, so time one member did not use goes to the next."""
+    if not member.max_wall_minutes:
+        return 0
+    left = member.max_wall_minutes - (time.monotonic() - started) / 60
+    return max(left / (members - number), MIN_WALL_MINUTES)
+
+
+@dataclasses.dataclass
+class Trained:
+    """One member, trained: what the model folder, the calibration and the summary need of it."""
+
+    seed: int
+    model: Any
+    tokenizer: Any
+    rows: list[dict[str, Any]]
+    val_rows: list[dict[str, Any]]
+    values: Any
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+def train_member(train: TrainConfig, preprocess: PreprocessConfig, meta: dict[str, Any], wall_minutes: float
+                 ) -> Trained:
+    """Augment (from the member's seed), build, train (for at most `wall_minutes`; 0: no limit) and
+    validate one model."""
+    from transformers import set_seed
+
     set_seed(train.seed)
     rows, val_rows, values, added = load_data(train, preprocess)
     model, tokenizer = build(train, rows)
     train_ds, val_ds = encode(rows, tokenizer, train), encode(val_rows, tokenizer, train)
-    meta = model_meta(train, preprocess)
     run_dir = paths.CHECKPOINTS / fingerprint(train, preprocess)
     args = training_arguments(train, run_dir, len(train_ds), meta["name"])
-    os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "true")
-    if not main_rank:
-        trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values)
-        summary, _ = fit(trainer, run_dir)  # the Trainer saves checkpoints on rank 0 only
-        return summary
-    with mlflow.start_run(run_name=meta["name"], tags=process_tags()) as active:
-        mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
-        trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values)
-        summary, history = fit(trainer, run_dir)
-        summary["augmentation"] = added
-        calibration = calibrate(trainer.model, tokenizer, meta, values, val_rows)
-        summary["calibration_brier"] = calibration.brier if calibration else None
-        save_outputs(trainer.model, tokenizer, train, rows, meta, values, summary, history, active.info.run_id,
-                     calibration)
-    write_json(paths.METRICS / "train.json", summary)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints have served
-    shutil.rmtree(set_aside_dir(run_dir), ignore_errors=True)
+    trainer = make_trainer(train, args, model, tokenizer, train_ds, val_ds, meta, values, wall_minutes)
+    summary, history = fit(trainer, run_dir)
+    summary["augmentation"] = added
+    return Trained(train.seed, trainer.model, tokenizer, rows, val_rows, values, summary, history, run_dir)
+
+
+def ensemble_summary(trained: list[Trained]) -> dict[str, Any]:
+    """The first member's summary; with more members, the training time of all and each one's own."""
+    summary = dict(trained[0].summary)
+    if len(trained) > 1:
+        summary["train_seconds"] = round(sum(t.summary["train_seconds"] for t in trained), 1)
+        summary["members"] = [{"seed": t.seed} | {k: v for k, v in t.summary.items() if k != "augmentation"}
+                              for t in trained]
     return summary
 
 
@@ -233,20 +296,10 @@ def encode(rows: list[dict[str, Any]], tokenizer, train: TrainConfig):
     """A Dataset of token ids: the model input and the target (compact form or SQL) as labels."""
     from datasets import Dataset
 
-    compact = train.target_form == "compact"
-    # A lone '▁' right before a schema token (`where ▁ diagnoses.short_title`) carries nothing:
-    # drop it from the labels. Elsewhere it is a real space (before a number, inside a date).
-    schema_ids = set(tokenizer.convert_tokens_to_ids(modeling.SCHEMA_TOKENS)) if compact else set()
-    space_id = tokenizer.convert_tokens_to_ids("▁") if compact else None
-
-    def drop_idle_spaces(ids: list[int]) -> list[int]:
-        return [i for i, nxt in zip(ids, ids[1:] + [None], strict=True) if not (i == space_id and nxt in schema_ids)]
-
     def encode_batch(batch: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(batch["input"], truncation=True, max_length=train.max_input_tokens)
-        labels = tokenizer(text_target=[target_text(s, train.target_form) for s in batch["sql"]],
-                           truncation=True, max_length=train.max_target_tokens)["input_ids"]
-        enc["labels"] = [drop_idle_spaces(ids) for ids in labels] if compact else labels
+        enc["labels"] = modeling.target_ids(tokenizer, [target_text(s, train.target_form) for s in batch["sql"]],
+                                            train.target_form == "compact", train.max_target_tokens)
         return enc
 
     columns = ["input", "sql"]
@@ -327,15 +380,17 @@ def training_arguments(train: TrainConfig, run_dir: Path, train_rows: int, run_n
     )
 
 
-def make_trainer(train: TrainConfig, args, model, tokenizer, train_ds, val_ds, meta: dict[str, Any], values):
-    """The Seq2SeqTrainer, validating with the logic-form accuracy of what the Predictor would answer."""
+def make_trainer(train: TrainConfig, args, model, tokenizer, train_ds, val_ds, meta: dict[str, Any], values,
+                 wall_minutes: float):
+    """The Seq2SeqTrainer, validating with the logic-form accuracy of what the Predictor would answer,
+    stopped (and its schedule annealed) after `wall_minutes` (0: never)."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer
 
     from medsql.predictor import Predictor
 
     # Validation decodes exactly as the Predictor will: the same expansion and casing.
     decoder = Predictor.from_parts(model, tokenizer, meta, values)
-    callbacks = [wall_clock_limit(train.max_wall_minutes)]
+    callbacks = [wall_clock_limit(wall_minutes)]
     if args.disable_tqdm:
         callbacks.append(progress_log(PROGRESS_SHARE))
     trainer = Seq2SeqTrainer(
@@ -400,17 +455,21 @@ def fit(trainer, run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return summary, history
 
 
-def calibrate(model, tokenizer, meta: dict[str, Any], values, val_rows: list[dict[str, Any]]):
+def calibrate(members: list[tuple[Any, Any]], meta: dict[str, Any], values, val_rows: list[dict[str, Any]]):
     """The confidence calibration (medsql.confidence), fitted on the validation split: whether each
-    answer's logic form (with value recovery) is right, from what decoding knew. None without rows."""
+    answer of the members' Predictor (the first member's model and tokenizer, then the others') is
+    right in logic form (with value recovery), from what decoding knew. None without rows."""
     from medsql.confidence import Calibration
     from medsql.evaluation.metrics import logic_form_match
     from medsql.predictor import Predictor
 
     if not val_rows:
         return None
-    model.eval()
-    answers = Predictor.from_parts(model, tokenizer, meta, values).answer([r["question"] for r in val_rows])
+    for model, _ in members:
+        model.eval()
+    (model, tokenizer), *others = members
+    predictor = Predictor.from_parts(model, tokenizer, meta, values, others)
+    answers = predictor.answer([r["question"] for r in val_rows])
     right = [logic_form_match(a.sql, r["sql"]) for a, r in zip(answers, val_rows, strict=True)]
     calibration = Calibration.fit([a.features for a in answers], right, fitted_on="validation")
     log.info("confidence calibrated on %d validation answers (%.1f %% right): weights %s, bias %s, Brier %.4f",
@@ -418,17 +477,24 @@ def calibrate(model, tokenizer, meta: dict[str, Any], values, val_rows: list[dic
     return calibration
 
 
-def save_outputs(model, tokenizer, train: TrainConfig, rows: list[dict[str, Any]], meta: dict[str, Any], values,
-                 summary: dict[str, Any], history: list[dict[str, Any]], run_id: str, calibration=None) -> None:
-    """The model folder (with its baseline) swapped in whole; the curve; metrics and the pyfunc in MLflow."""
+def save_outputs(trained: list[Trained], train: TrainConfig, meta: dict[str, Any], summary: dict[str, Any],
+                 run_id: str, calibration=None) -> None:
+    """The model folder (with its baseline and its further members) swapped in whole; the first
+    member's curve; metrics and the pyfunc in MLflow."""
     import mlflow
 
+    first, others = trained[0], trained[1:]
+    folders = [f"{MEMBERS_DIR}/seed-{t.seed}" for t in others]
     with atomic_path(paths.MODEL) as staged:
-        save_model(model, tokenizer, staged, meta, values)
+        save_model(first.model, first.tokenizer, staged, meta | ({"members": folders} if folders else {}),
+                   first.values)
+        for member, folder in zip(others, folders, strict=True):
+            save_model(member.model, member.tokenizer, staged / folder,
+                       meta | {"name": f"{meta['name']}-seed-{member.seed}"})
         if calibration is not None:
             calibration.save(staged)
-        save_baseline(train, rows, staged / "baseline", meta)
-        curve = write_curve(history)
+        save_baseline(train, first.rows, staged / "baseline", meta)
+        curve = write_curve(first.history)
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
         mlflow.log_artifact(str(curve))
         model_info = log_pyfunc(staged)
