@@ -8,6 +8,11 @@ The training pairs are augmented (deterministically, from `train.seed`): value-s
 (`augment_copies`) and pairs in people's phrasings written from each pair's structure
 (`augment_phrasings`, medsql.augment). After training, the answers' confidence is calibrated on
 the validation split (medsql.confidence) and shipped in the model folder.
+With `ensemble_members` above 1, the stage trains that many models one after another, seeds
+`seed`, `seed`+1, ... (each its own augmentation, tokenizer and initial weights, and its share of
+`max_wall_minutes`); the first is the model folder's own, the others go to its members/ folder, and
+the Predictor ranks the candidates of all their beams by the members' mean log-probability. The
+calibration is fitted on the ensemble's answers.
 - reference: a pretrained checkpoint (`google/flan-t5-base`, or any hub id / local folder) with
   LoRA adapters (peft) and the reference design's hyper-parameters; bf16 on CUDA.
 
@@ -56,9 +61,11 @@ HELP = """reads:  params.yaml (train.*, preprocess.*; or $MEDSQL_PARAMS); data/s
         validation.jsonl; data/mimicsql.db (the values literals may take, when present);
         checkpoints/<fingerprint>/ (a killed run's checkpoints: resumed from)
 writes: models/medsql/ (model, tokenizer, medsql.json, values.json, confidence.json (the confidence
-        calibration, fitted on the validation split), baseline/, mlflow.json; swapped in whole);
+        calibration, fitted on the validation split), members/seed-<seed>/ (the further ensemble
+        members: model and tokenizer), baseline/, mlflow.json; swapped in whole);
         metrics/train.json, metrics/train_curve.csv, metrics/validation_curve.csv,
-        reports/figures/train_curve.png; an MLflow run ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db);
+        reports/figures/train_curve.png; an MLflow run ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), with a
+        nested run for each further member;
         checkpoints/<fingerprint>/ while training (removed when the run finishes)
 on start, after a kill: sets a half-written checkpoint aside (checkpoints/<fingerprint>.set-aside/) and
         resumes from the one before; removes staging folders (models/.medsql.staging-<pid>-<host>-*)
