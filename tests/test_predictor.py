@@ -212,3 +212,103 @@ def test_a_condition_the_model_writes_twice_is_read_once(predictor: Predictor) -
     sql = predictor.to_sql('count_distinct demographic.subject_id where demographic.admityear < " 2110 " '
                            'and demographic.admityear < " 2110 "')
     assert [c.value for c in parse_sql(sql).conditions] == ["2110"]
+
+
+# ---- ensembles -----------------------------------------------------------------------------------
+
+
+def taught_model(folder: Path, seed: int, num_beams: int, steps: int = 60) -> Path:
+    """A tiny model folder (`untrained_model`) taught in a few seconds to answer the test questions
+    with the test SQL: its outputs end, as a trained model's do (an untrained one runs to the length
+    limit), and the seed makes each one's lesser candidates its own."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from medsql.modeling import target_ids
+
+    untrained_model(folder, seed=seed, num_beams=num_beams)
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer([f"translate to SQL: {q}" for q in QUESTIONS], return_tensors="pt", padding=True)
+    ids = target_ids(tokenizer, [sql_to_compact(SQL[i % len(SQL)]) for i in range(len(QUESTIONS))], True, 20)
+    labels = torch.full((len(ids), max(map(len, ids))), -100)
+    for row, label in enumerate(ids):
+        labels[row, :len(label)] = torch.tensor(label)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(folder)
+    return folder
+
+
+def ensemble_of(folder: Path, seeds: tuple[int, ...] = (1, 2), num_beams: int = 3) -> Path:
+    """A model folder as the train stage writes it with train.ensemble_members: the first seed's model
+    at the top, each further one in members/seed-<seed>/, named in medsql.json's `members`."""
+    taught_model(folder, seeds[0], num_beams)
+    folders = [f"members/seed-{seed}" for seed in seeds[1:]]
+    for seed, member in zip(seeds[1:], folders, strict=True):
+        taught_model(folder / member, seed, num_beams)
+    meta = json.loads((folder / "medsql.json").read_text())
+    (folder / "medsql.json").write_text(json.dumps(meta | {"members": folders}, indent=2) + "\n")
+    return folder
+
+
+def _mean_log_probability(model, tokenizer, text: str, output: str) -> float:
+    """The log-probability per token of one output, from the model's own loss (mean negative log-likelihood)."""
+    import torch
+
+    from medsql.modeling import target_ids
+
+    inputs = tokenizer([text], return_tensors="pt")
+    labels = torch.tensor(target_ids(tokenizer, [output], True, 64))
+    with torch.inference_mode():
+        return -float(model(**inputs, labels=labels).loss)
+
+
+def test_an_ensemble_pools_its_members_beams_and_ranks_each_candidate_by_their_mean_log_probability(
+        tmp_path: Path) -> None:
+    ensemble = Predictor(ensemble_of(tmp_path / "model"))
+    assert len(ensemble.members) == 2
+    texts = ensemble.model_inputs(QUESTIONS)
+    beams = [ensemble._beam_search(member, texts, None, 32) for member in range(2)]
+    pooled = ensemble.candidates(QUESTIONS)
+    assert any(len(candidates) > 3 for candidates in pooled), "the members should propose different outputs"
+    for text, candidates, first, second in zip(texts, pooled, beams[0], beams[1], strict=True):
+        outputs = [output for output, _ in candidates]
+        assert sorted(outputs) == sorted({output for output, _ in first + second})  # each output once
+        scores = [score for _, score in candidates]
+        assert scores == sorted(scores, reverse=True)
+        for output, score in candidates:
+            each = [_mean_log_probability(model, tokenizer, text, output) for model, tokenizer in ensemble.members]
+            assert score == pytest.approx(sum(each) / 2, abs=1e-3), output
+    # Answers come from the pooled candidates, alike batched or one at a time.
+    assert ensemble.predict(QUESTIONS) == [ensemble.predict([q])[0] for q in QUESTIONS]
+
+
+def test_a_members_teacher_forced_score_of_its_own_beam_output_is_the_beams_score(tmp_path: Path) -> None:
+    # The ensemble takes a member's beam scores for its own outputs and scores only the others' outputs.
+    ensemble = Predictor(ensemble_of(tmp_path / "model"))
+    texts = ensemble.model_inputs(QUESTIONS)
+    for member, (model, tokenizer) in enumerate(ensemble.members):
+        beams = ensemble._beam_search(member, texts, None, 32)
+        forced = ensemble._teacher_forced(model, tokenizer, texts, [[o for o, _ in c] for c in beams], 3)
+        for candidates, scores in zip(beams, forced, strict=True):
+            assert scores == pytest.approx([score for _, score in candidates], abs=1e-4)
+
+
+def test_one_model_ranks_by_its_beam_alone(tmp_path: Path) -> None:
+    ensemble = Predictor(ensemble_of(tmp_path / "model"))
+    alone = Predictor.from_parts(ensemble.model, ensemble.tokenizer, ensemble.meta, ensemble.values)
+    assert alone.candidates(QUESTIONS) == ensemble._beam_search(0, ensemble.model_inputs(QUESTIONS), None, 32)
+
+
+def test_a_missing_ensemble_member_is_a_clear_error(tmp_path: Path) -> None:
+    import shutil
+
+    folder = ensemble_of(tmp_path / "model")
+    shutil.rmtree(folder / "members" / "seed-2")
+    with pytest.raises(PredictorError, match=r"member 'members/seed-2' is not a model folder.*dvc repro train"):
+        Predictor(folder)

@@ -79,6 +79,34 @@ def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> Non
     # The zero-shot baseline sits beside the model and answers through the same code.
     assert Predictor.baseline(model_dir).predict(["count women"])[0]
 
+    # params.yaml's ensemble: the second member (seed + 1) trained in an MLflow run nested under the
+    # stage's, saved in the folder with its own tokenizer, and answering beside the first.
+    seed = params["train"]["seed"]
+    assert params["train"]["ensemble_members"] == 2
+    assert meta["members"] == [f"members/seed-{seed + 1}"]
+    member_dir = model_dir / "members" / f"seed-{seed + 1}"
+    assert (member_dir / "model.safetensors").is_file() and (member_dir / "tokenizer.json").is_file()
+    assert [m["seed"] for m in summary["members"]] == [seed, seed + 1]
+    assert summary["train_seconds"] == pytest.approx(sum(m["train_seconds"] for m in summary["members"]), abs=0.2)
+    nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert [r.data.params["seed"] for r in nested] == [str(seed + 1)]
+    assert run.data.params["seed"] == str(seed)
+    assert len(Predictor(model_dir).members) == 2
+
+
+def test_members_share_the_wall_clock_limit_and_a_member_gets_what_the_one_before_left() -> None:
+    from medsql.config import TrainConfig
+    from medsql.train import MIN_WALL_MINUTES, member_settings, wall_share
+
+    settings = member_settings(TrainConfig(seed=7, ensemble_members=3, max_wall_minutes=12))
+    assert [s.seed for s in settings] == [7, 8, 9]
+    now = time.monotonic()
+    assert wall_share(settings[0], now, 0, 3) == pytest.approx(4, abs=0.01)
+    # The first member stopped after 3 minutes: the other two share the 9 left.
+    assert wall_share(settings[1], now - 180, 1, 3) == pytest.approx(4.5, abs=0.01)
+    assert wall_share(settings[2], now - 15 * 60, 2, 3) == MIN_WALL_MINUTES  # a resumed run past the limit
+    assert wall_share(member_settings(TrainConfig(max_wall_minutes=0))[0], now, 0, 1) == 0  # no limit
+
 
 def _tiny_t5(folder: Path, texts: list[str]) -> Path:
     """A tiny pretrained-style T5 saved with save_pretrained: stands in for google/flan-t5-base."""
