@@ -298,7 +298,8 @@ def test_training_killed_at_any_moment_finishes_on_the_next_start_and_keeps_the_
     from medsql.predictor import Predictor
 
     root, params, write_params = tiny_project
-    params["train"].update(augment_copies=0, augment_phrasings=0, epochs=2, eval_every_epochs=1, max_wall_minutes=0)
+    params["train"].update(augment_copies=0, augment_phrasings=0, epochs=2, eval_every_epochs=1, max_wall_minutes=0,
+                           ensemble_members=1)  # one model: the next test kills an ensemble
     write_params()  # 48 pairs, batches of 8: 6 steps an epoch, checkpoints at steps 6 and 12
     stage = Stage(root)
     model = root / "models" / "medsql"
@@ -359,3 +360,35 @@ def test_training_killed_at_any_moment_finishes_on_the_next_start_and_keeps_the_
     assert json.loads((model / "mlflow.json").read_text())["run_id"] != first_run, "the new model is in place"
     assert Predictor(model).predict(["count women"])[0]
     assert not checkpoints.exists() or not any(checkpoints.iterdir()), "a finished run clears its checkpoints"
+
+
+@pytest.mark.slow
+def test_an_ensemble_killed_in_its_second_member_resumes_the_first_from_its_last_checkpoint(tiny_project) -> None:
+    import mlflow
+
+    from medsql.predictor import Predictor
+
+    root, params, write_params = tiny_project
+    params["train"].update(augment_copies=0, augment_phrasings=0, epochs=2, eval_every_epochs=1, max_wall_minutes=0,
+                           ensemble_members=2)
+    write_params()  # each member: 48 pairs, batches of 8, 12 steps, checkpoints at steps 6 and 12
+    stage = Stage(root)
+    model = root / "models" / "medsql"
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+
+    # Killed during a step of the second member: the first member's checkpoints are still there.
+    log = stage.kill_when(lambda text: text.count("training for 12 steps") == 2 and text.count("step 2/12") == 2)
+    assert not model.exists()
+    (first_dir,) = [p for p in (root / "checkpoints").iterdir() if (p / "checkpoint-12").is_dir()]
+
+    log = stage.finish()
+    assert f"resuming from {first_dir / 'checkpoint-12'}" in log, "the first member is not trained again"
+    assert log.count("resuming from") == 1, "the second member had no checkpoint: it starts afresh"
+    summary = json.loads((root / "metrics" / "train.json").read_text())
+    assert [m["seed"] for m in summary["members"]] == [params["train"]["seed"], params["train"]["seed"] + 1]
+    assert summary["members"][0]["resumed_from"] == "checkpoint-12" and summary["members"][1]["resumed_from"] is None
+    assert len(Predictor(model).members) == 2 and Predictor(model).predict(["count women"])[0]
+    experiment = client.get_experiment_by_name("medsql").experiment_id
+    statuses = sorted(r.info.status for r in client.search_runs([experiment]))
+    assert statuses == ["FINISHED", "FINISHED", "KILLED", "KILLED"], "the killed stage run and its nested run"
+    assert not (root / "checkpoints").exists() or not any((root / "checkpoints").iterdir())
