@@ -9,8 +9,9 @@ A model folder (what the train stage writes) holds the Hugging Face model and to
 
 A folder may hold further ensemble members (`medsql.json`'s `members`: sub-folders, each a model and
 its tokenizer trained from another seed). Then every member runs its beam search, the candidates are
-pooled, and each is ranked by the members' mean log-probability of it (every member scores every
-candidate, by teacher forcing); with one model, the beam's own scores rank them.
+pooled, and each is ranked by the members' mean log-probability of it: a member's beam scored its
+own candidates, and the member scores the others' by teacher forcing. With one model, the beam's
+own scores rank them.
 
 `answer` is what interfaces show: the beam's candidates are decoded, the best one the database can
 stand behind is taken (medsql.grounding: inside the grammar, type-correct, literals that exist or
