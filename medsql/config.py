@@ -149,7 +149,8 @@ class Lora:
 # The train settings a profile may override (train.reference.<key> replaces train.<key>).
 PROFILE_OVERRIDES = ("optimizer", "learning_rate", "epochs", "per_device_batch_size",
                      "gradient_accumulation_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
-                     "label_smoothing", "lr_scheduler", "target_form", "ensemble_members")
+                     "label_smoothing", "lr_scheduler", "target_form", "ensemble_members",
+                     "num_beams")
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ class ReferenceProfile:
     lr_scheduler: str | None = "linear"
     target_form: str | None = "sql"
     ensemble_members: int | None = 1
+    num_beams: int | None = 4
 
 
 _OPTIMIZER = _one_of("adafactor", "adamw")
