@@ -6,7 +6,7 @@ A meaningful yardstick for a model trained from scratch (whose zero-shot self wr
    values they name; numbers are masked as <number>.
 2. A new question is masked the same way with the values the linker (medsql.linking) finds in it,
    and the training question closest to it (TF-IDF over words and word pairs, cosine) is taken.
-3. Its SQL keeps its shape; each text literal takes the linked value of the same column (or of a
+3. Its SQL keeps its shape; each text literal takes the linked value of the same column (or of
    another text column of the same table, which then replaces the column), and each numeric literal the
    question's numbers in order, compared the way the question bounds it ("over 65": >, whatever
    the neighbour's operator; medsql.grounding.stated_comparison). A literal with nothing to take
