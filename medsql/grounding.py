@@ -8,7 +8,13 @@ A candidate qualifies when it is
   2150", "3 days or less") is compared that way (`stated_comparison`), and
 - grounded: every `=` literal of a free-text column (diagnoses, drugs, routes, locations, ...) is a
   value its column holds (the ValueIndex: demo tables, code dictionaries, training literals) or one
-  the linker proposed for that column; so is a patient's name.
+  the linker proposed for that column; so is a patient's name, and
+- complete: every value the question names word for word or through the lexicon (the linker's
+  exact and lexicon links, not its fuzzy guesses) is used: as a literal, in a literal's words, or by
+  a condition on or a selection of its column (`left_out`); so is every number it says
+  (`numbers_left_out`). A small model drops a condition it was told ("female medicare pts over 80"
+  without the insurance, or without the age), and such an answer looks as sure as a right one
+  unless something says what it left out.
 
 The Predictor checks each candidate once (`check`) and takes the best-scoring one that qualifies
 (`first_grounded`), and says so when none does.
@@ -21,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from medsql.evaluation.recovery import ValueIndex, recoverable
-from medsql.linking import Link
+from medsql.linking import Link, normalised
 from medsql.schema import is_numeric
 from medsql.sqlform import FormError, Query, parse_sql
 from medsql.text import is_number
@@ -49,6 +55,10 @@ DIRECTION = {"<": "<", "<=": "<", ">": ">", ">=": ">"}  # a comparison operator'
 CUE_WORDS = 5  # words before a number searched for a bound (never past the number before it)
 UNIT_WORDS = {"days", "day", "years", "year", "yrs", "yr", "old", "yo"}  # may stand between a number and its cue
 _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+# The columns that can use a mention linked to a column: words that say a patient died ("died before
+# 2150", "year of death") may ask when (DOD, DOD_YEAR) as well as whether (EXPIRE_FLAG, DISCHARGE_LOCATION).
+_DEATH = frozenset(("DEMOGRAPHIC", c) for c in ("DOD", "DOD_YEAR", "EXPIRE_FLAG", "DISCHARGE_LOCATION"))
+USED_BY = {("DEMOGRAPHIC", "EXPIRE_FLAG"): _DEATH}
 
 
 def _cues(table: dict[str, tuple[str, ...]]) -> list[tuple[tuple[str, ...], str]]:
@@ -106,6 +116,43 @@ def bound_against(question: str, op: str, number: str) -> tuple[str, str] | None
     return stated if stated is not None and DIRECTION.get(op, op) != stated[0] else None
 
 
+def left_out(query: Query, links: Iterable[Link]) -> list[Link]:
+    """The values the question names (its exact and lexicon links) that the query does not use: the
+    best link of each such mention, in the linker's order. A mention is used by its value (or its
+    own words) within a literal, or by a condition on or a selection of its column (`USED_BY`); a
+    mention within a used one is used too."""
+    columns = {(c.table, c.column) for c in query.conditions} | {(t, c) for _, t, c in query.select}
+    literals = [normalised(c.value) for c in query.conditions]
+    mentions: dict[str, list[Link]] = {}
+    for link in links:
+        if link.source != "fuzzy":
+            mentions.setdefault(link.span, []).append(link)
+
+    def used(span: str) -> bool:
+        return any(columns & USED_BY.get((k.table, k.column), {(k.table, k.column)})
+                   or any(_within(span, literal) or _within(normalised(k.value), literal) for literal in literals)
+                   for k in mentions[span])
+
+    found = [span for span in mentions if used(span)]
+    return [named[0] for span, named in mentions.items()
+            if span not in found and not any(_within(span, other) for other in found)]
+
+
+def numbers_left_out(query: Query, question: str, links: Iterable[Link] = ()) -> list[str]:
+    """The question's numbers that no condition's literal holds (as a whole word: "2138" in
+    "2138.0", "16" in "2120-04-16"), but for those within a value it names ("type 2 diabetes")."""
+    literals = [normalised(c.value) for c in query.conditions]
+    named = [link.span for link in links if link.source != "fuzzy"]
+    return list(dict.fromkeys(
+        word for word in normalised(question).split() if word.isdigit()
+        and not any(_within(word, text) for text in literals + named)))
+
+
+def _within(words: str, text: str) -> bool:
+    """Whether `words` run, whole words, within `text` (both normalised)."""
+    return f" {words} " in f" {text} "
+
+
 def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = (), question: str | None = None
              ) -> list[str]:
     """Why the database (or the question) cannot stand behind this SQL (an empty list: it qualifies)."""
@@ -118,6 +165,7 @@ def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = (), qu
 
 def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = (),
                    question: str | None = None) -> list[str]:
+    links = list(links)
     proposed = {(link.table, link.column, link.value.lower()) for link in links}
     found = [f"selects {item[1]}.{item[2]} twice" for item, n in Counter(query.select).items() if n > 1]
     for cond in query.conditions:
@@ -135,6 +183,11 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
         if values.holds(cond.table, cond.column, cond.value) is False and (
                 cond.table, cond.column, cond.value.lower()) not in proposed:
             found.append(f'"{cond.value}" is not a value of {name}')
+    found += [f'the question names "{k.span}" ({k.table}.{k.column} = {k.value}), which the query leaves out'
+              for k in left_out(query, links)]
+    if question:
+        found += [f'the question says "{number}", which the query leaves out'
+                  for number in numbers_left_out(query, question, links)]
     return found
 
 

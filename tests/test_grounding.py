@@ -7,6 +7,7 @@ import pytest
 from medsql import grounding
 from medsql.evaluation.recovery import ValueIndex
 from medsql.linking import Link
+from medsql.sqlform import Condition, Query, parse_sql
 
 COUNT = 'SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC'
 DRUG = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN PRESCRIPTIONS on '
@@ -106,3 +107,61 @@ def test_every_comparison_the_augmentation_writes_is_read_back_the_way_its_opera
             question = "how many patients " + phrasing.format(n="47", what="admitted")
             stated = grounding.stated_comparison(question, "47")
             assert (stated and stated[0]) == grounding.DIRECTION.get(op), (op, question, stated)
+
+
+AGED = COUNT + ' WHERE DEMOGRAPHIC."GENDER" = "F" AND DEMOGRAPHIC."AGE" > "80"'
+
+
+def test_a_query_that_leaves_out_a_value_the_question_names_does_not_qualify(values):
+    from medsql.linking import Linker
+
+    question = "how many female medicare pts over 80?"
+    links = Linker(values).link(question)
+    insured = AGED + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"'
+    found = grounding.check([AGED, insured], values, links, question)
+    assert found == [['the question names "medicare" (DEMOGRAPHIC.INSURANCE = Medicare), which the query '
+                      'leaves out'], []]
+    assert grounding.first_grounded(found) == (1, [])
+
+
+def test_a_mention_is_used_by_its_column_its_words_in_a_literal_or_a_longer_used_mention():
+    died = [Link("DEMOGRAPHIC", "EXPIRE_FLAG", "1", "died", 99.0, "lexicon"),
+            Link("DEMOGRAPHIC", "DISCHARGE_LOCATION", "DEAD/EXPIRED", "died", 99.0, "lexicon")]
+    flag = Link("LAB", "FLAG", "abnormal", "abnormal", 100.0, "exact")
+    heart = [Link("DIAGNOSES", "SHORT_TITLE", "CHF NOS", "congestive heart failure", 98.0, "lexicon"),
+             Link("DIAGNOSES", "SHORT_TITLE", "Heart failure NOS", "heart failure", 97.0, "exact")]
+    theophylline = Link("PRESCRIPTIONS", "DRUG", "Theophylline SR", "theophylline", 100.0, "exact")
+    guessed = Link("DEMOGRAPHIC", "DIAGNOSIS", "SEPSIS", "sepsis", 80.0, "fuzzy")
+
+    def left(where: str, links: list[Link]) -> list[str]:
+        column, op, value = where.split(" ", 2)
+        table, _, name = column.partition(".")
+        query = Query(parse_sql(COUNT + ' WHERE DEMOGRAPHIC."AGE" > "1"').select, [Condition(table, name, op, value)])
+        return [k.span for k in grounding.left_out(query, links)]
+
+    # "died before 2150" asks when: the year of death uses it, as whether (EXPIRE_FLAG) would.
+    assert left("DEMOGRAPHIC.DOD_YEAR < 2150.0", died) == []
+    assert left("DEMOGRAPHIC.AGE < 50", died) == ["died"]
+    # "lab test abnormal status is delta": the mention names the column, whose value is another.
+    assert left("LAB.FLAG = delta", [flag]) == []
+    # The question's words within the literal, or the value's own; a mention inside a used one.
+    assert left("DIAGNOSES.LONG_TITLE = Congestive heart failure, unspecified", heart) == []
+    assert left("PRESCRIPTIONS.DRUG = Theophylline", [theophylline]) == []
+    # ... but not a longer mention around a used one: "congestive" was said, and the query drops it.
+    assert left("DIAGNOSES.LONG_TITLE = Heart failure", heart) == ["congestive heart failure"]
+    # A fuzzy guess is no mention: leaving it out is no problem.
+    assert left("DEMOGRAPHIC.AGE < 50", [guessed]) == []
+
+
+def test_a_query_that_leaves_out_a_number_the_question_says_does_not_qualify(values):
+    question = "female pts over 80 who died in 2138 - how many?"
+    kept = AGED + ' AND DEMOGRAPHIC."DOD_YEAR" = "2138.0"'
+    dropped = COUNT + ' WHERE DEMOGRAPHIC."GENDER" = "F" AND DEMOGRAPHIC."DOD_YEAR" = "2138.0"'
+    assert grounding.check([dropped, kept], values, question=question) == [
+        ['the question says "80", which the query leaves out'], []]
+    # A number inside a date literal is used; one inside a value the question names is no number of its own.
+    assert grounding.numbers_left_out(parse_sql(
+        COUNT.replace("FROM DEMOGRAPHIC", 'FROM DEMOGRAPHIC INNER JOIN LAB on DEMOGRAPHIC.HADM_ID = LAB.HADM_ID')
+        + ' WHERE LAB."CHARTTIME" = "2120-04-16 13:27:00"'), "how many had a lab test at 2120-04-16 13:27:00?") == []
+    diabetes = Link("DIAGNOSES", "SHORT_TITLE", "DMII wo cmp nt st uncntr", "type 2 diabetes", 99.0, "lexicon")
+    assert grounding.numbers_left_out(parse_sql(AGED), "female type 2 diabetes pts over 80", [diabetes]) == []
