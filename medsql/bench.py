@@ -171,6 +171,7 @@ def bench_inference(model: str, questions: list[str], batch_size: int) -> dict:
     return {
         "model": str(predictor.model_dir), "num_beams": predictor.meta.get("num_beams"),
         "ensemble_members": len(predictor.members),
+        "ensemble_agreement": predictor.ensemble_agreement,
         "single_ms_per_query": round(sum(single) / len(single), 1),
         "single_ms_p50": round(single[len(single) // 2], 1),
         "single_ms_p95": round(single[min(len(single) - 1, int(0.95 * len(single)))], 1),

@@ -2,7 +2,8 @@
 
 A candidate qualifies when it is
 - inside the dataset's grammar (medsql.sqlform.parse_sql reads it, and it asks for each column
-  once: no query of the dataset selects one twice),
+  once: no query of the dataset selects one twice, or sets one column equal to two values, which
+  no row can be),
 - type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number,
 - faithful to the question's comparisons: a number the question bounds one way ("over 65", "before
   2150", "3 days or less") is compared that way (`stated_comparison`), and
@@ -168,6 +169,12 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
     links = list(links)
     proposed = {(link.table, link.column, link.value.lower()) for link in links}
     found = [f"selects {item[1]}.{item[2]} twice" for item, n in Counter(query.select).items() if n > 1]
+    equal: dict[str, dict[str, str]] = {}  # TABLE.COLUMN -> the values it is set equal to, by lower case
+    for cond in query.conditions:
+        if cond.op == "=":
+            equal.setdefault(f"{cond.table}.{cond.column}", {}).setdefault(cond.value.lower(), cond.value)
+    found += [f"{name} cannot be both " + " and ".join(f'"{v}"' for v in said.values())
+              for name, said in equal.items() if len(said) > 1]
     for cond in query.conditions:
         name = f"{cond.table}.{cond.column}"
         stated = bound_against(question, cond.op, cond.value) if question else None

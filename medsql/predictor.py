@@ -8,10 +8,12 @@ A model folder (what the train stage writes) holds the Hugging Face model and to
 `values.json` (a ValueIndex: the literal values whose casing a lower-case output gets back).
 
 A folder may hold further ensemble members (`medsql.json`'s `members`: sub-folders, each a model and
-its tokenizer trained from another seed). Then every member runs its beam search, the candidates are
-pooled, and each is ranked by the members' mean log-probability of it: a member's beam scored its
-own candidates, and the member scores the others' by teacher forcing. With one model, the beam's
-own scores rank them.
+its tokenizer trained from another seed). Then each candidate is ranked by the members' mean
+log-probability of it. The first member runs its beam search and the others score its candidates
+by teacher forcing; where they agree with its best one (`ensemble_agreement`), that is all. Where
+they do not, every member runs its beam search, the candidates are pooled, and each member scores
+the others' by teacher forcing (a member's beam scored its own). With one model, the beam's own
+scores rank them.
 
 `answer` is what interfaces show: the beam's candidates are decoded, the best one the database can
 stand behind is taken (medsql.grounding: inside the grammar, type-correct, literals that exist or
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import operator
 import os
 from pathlib import Path
@@ -44,6 +47,9 @@ __all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorE
 # search costs memory and time in proportion, and past a handful of beams answers stop improving.
 MAX_BEAMS = 16
 ALTERNATIVES = 2  # next candidates an answer carries beside its SQL
+# The ensemble_agreement of a folder from before it was recorded: every member runs its beam search,
+# as that folder was evaluated.
+ALWAYS_SEARCH = 1.0
 
 
 class PredictorError(RuntimeError):
@@ -144,6 +150,13 @@ class Predictor:
             return TrainConfig().min_confidence
         return float(self.meta["min_confidence"])
 
+    @property
+    def ensemble_agreement(self) -> float:
+        """Where the further members give the first member's best candidate at least this per-token
+        probability, their own beam searches are skipped (train.ensemble_agreement, as the folder
+        records it)."""
+        return float(self.meta.get("ensemble_agreement", ALWAYS_SEARCH))
+
     def _generation_settings(self, base):
         """A copy of `base` (a GenerationConfig) holding the model folder's decoding settings."""
         settings = copy.deepcopy(base)
@@ -237,29 +250,41 @@ class Predictor:
 
     def candidates(self, questions: list[str], num_beams: int | None = None, batch_size: int = 32
                    ) -> list[list[tuple[str, float]]]:
-        """Every beam's decoded output with its length-normalised log-probability, best first; with
-        further members, the outputs of all their beams, each with the members' mean of it."""
+        """Every beam's decoded output with its length-normalised log-probability, best first.
+
+        With further members: the first member's beam search runs, and the others score its
+        candidates by teacher forcing. Where every other member gives the candidate the members rank
+        first at least the folder's `ensemble_agreement` (a per-token probability), they agree, and
+        those candidates are the answer's. Elsewhere every other member runs its own beam search too,
+        the outputs are pooled, and each member scores the ones it has not (its own beam's scores are
+        teacher forcing's: a test checks it). Candidates are ranked by the members' mean."""
         texts = self.model_inputs(questions)
-        beams = [self._beam_search(number, texts, num_beams, batch_size) for number in range(len(self.members))]
-        if len(beams) == 1:
-            return beams[0]
-        pooled = [list(dict.fromkeys(output for member in beams for output, _ in member[i]))
-                  for i in range(len(texts))]
-        # A member's beam already scored its own outputs (teacher forcing gives the same figure):
-        # it scores only the others'.
-        scores = []
-        for (model, tokenizer), own in zip(self.members, beams, strict=True):
-            known = [dict(reversed(candidates)) for candidates in own]  # the best score of a repeated output
-            missing = [[output for output in outputs if output not in scored]
-                       for outputs, scored in zip(pooled, known, strict=True)]
-            forced = self._teacher_forced(model, tokenizer, texts, missing, batch_size)
-            scores.append([scored | dict(zip(these, values, strict=True))
-                           for scored, these, values in zip(known, missing, forced, strict=True)])
-        out = []
-        for i, outputs in enumerate(pooled):
-            mean = [sum(member[i][output] for member in scores) / len(scores) for output in outputs]
-            out.append(sorted(zip(outputs, mean, strict=True), key=lambda candidate: -candidate[1]))
-        return out
+        first = self._beam_search(0, texts, num_beams, batch_size)
+        if len(self.members) == 1:
+            return first
+        pooled = [list(_best_scores(candidates)) for candidates in first]
+        # known[member][question]: output -> that member's log-probability per token of it
+        known = [[_best_scores(candidates) for candidates in first]]
+        known += [[dict(zip(outputs, scores, strict=True)) for outputs, scores in
+                   zip(pooled, self._teacher_forced(model, tokenizer, texts, pooled, batch_size), strict=True)]
+                  for model, tokenizer in self.others]
+        share = self.ensemble_agreement  # as a log-probability a token; None: they always search
+        agreement = None if share >= 1 else math.log(share) if share > 0 else -math.inf
+        unsettled = [i for i, ranked in enumerate(_mean_ranked(pooled, known)) if agreement is None
+                     or any(member[i][ranked[0][0]] < agreement for member in known[1:])]
+        if unsettled:
+            subset = [texts[i] for i in unsettled]
+            for number in range(1, len(self.members)):
+                own = self._beam_search(number, subset, num_beams, batch_size)
+                for i, candidates in zip(unsettled, own, strict=True):
+                    known[number][i] |= _best_scores(candidates)
+                    pooled[i] = list(dict.fromkeys(pooled[i] + [output for output, _ in candidates]))
+            for (model, tokenizer), member in zip(self.members, known, strict=True):
+                missing = [[output for output in pooled[i] if output not in member[i]] for i in unsettled]
+                forced = self._teacher_forced(model, tokenizer, subset, missing, batch_size)
+                for i, outputs, scores in zip(unsettled, missing, forced, strict=True):
+                    member[i] |= dict(zip(outputs, scores, strict=True))
+        return _mean_ranked(pooled, known)
 
     def _beam_search(self, member: int, texts: list[str], num_beams: int | None, batch_size: int
                      ) -> list[list[tuple[str, float]]]:
@@ -383,6 +408,23 @@ class Predictor:
     @staticmethod
     def pretty(sql: str) -> str:
         return sqlparse.format(sql, reindent=True, keyword_case="upper")
+
+
+def _best_scores(candidates: list[tuple[str, float]]) -> dict[str, float]:
+    """A beam's outputs with their scores, best first; an output decoded twice keeps its better score."""
+    scores: dict[str, float] = {}
+    for output, score in candidates:
+        scores.setdefault(output, score)
+    return scores
+
+
+def _mean_ranked(pooled: list[list[str]], known: list[list[dict[str, float]]]) -> list[list[tuple[str, float]]]:
+    """Each question's pooled outputs with the members' mean score, best first (pool order on a tie)."""
+    out = []
+    for i, outputs in enumerate(pooled):
+        mean = [sum(member[i][output] for member in known) / len(known) for output in outputs]
+        out.append(sorted(zip(outputs, mean, strict=True), key=lambda candidate: -candidate[1]))
+    return out
 
 
 def _sequence_scores(model, generated, beams: int) -> list[float]:

@@ -325,6 +325,7 @@ def model_meta(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, An
         "lowercase_questions": preprocess.lowercase_questions,
         "num_beams": train.num_beams,
         "min_confidence": train.min_confidence,
+        "ensemble_agreement": train.ensemble_agreement,
         "link_candidates": train.link_candidates,
         "max_input_tokens": train.max_input_tokens,
         "max_target_tokens": train.max_target_tokens,

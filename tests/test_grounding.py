@@ -165,3 +165,9 @@ def test_a_query_that_leaves_out_a_number_the_question_says_does_not_qualify(val
         + ' WHERE LAB."CHARTTIME" = "2120-04-16 13:27:00"'), "how many had a lab test at 2120-04-16 13:27:00?") == []
     diabetes = Link("DIAGNOSES", "SHORT_TITLE", "DMII wo cmp nt st uncntr", "type 2 diabetes", 99.0, "lexicon")
     assert grounding.numbers_left_out(parse_sql(AGED), "female type 2 diabetes pts over 80", [diabetes]) == []
+
+
+def test_a_column_set_equal_to_two_values_does_not_qualify(values):
+    both = COUNT + ' WHERE DEMOGRAPHIC."DISCHARGE_LOCATION" = "HOME" AND DEMOGRAPHIC."DISCHARGE_LOCATION" = "SNF"'
+    assert grounding.problems(both, values) == ['DEMOGRAPHIC.DISCHARGE_LOCATION cannot be both "HOME" and "SNF"']
+    assert grounding.problems(COUNT + ' WHERE DEMOGRAPHIC."AGE" > "20" AND DEMOGRAPHIC."AGE" < "40"', values) == []

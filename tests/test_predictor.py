@@ -312,3 +312,43 @@ def test_a_missing_ensemble_member_is_a_clear_error(tmp_path: Path) -> None:
     shutil.rmtree(folder / "members" / "seed-2")
     with pytest.raises(PredictorError, match=r"member 'members/seed-2' is not a model folder.*dvc repro train"):
         Predictor(folder)
+
+
+def test_further_members_that_agree_with_the_first_skip_their_own_beam_search(tmp_path: Path, monkeypatch) -> None:
+    import math
+
+    folder = ensemble_of(tmp_path / "model")
+    full = Predictor(folder)  # a folder that records no agreement runs every member's beam, as before
+    assert full.ensemble_agreement == 1.0
+    texts = full.model_inputs(QUESTIONS)
+    first = full._beam_search(0, texts, None, 32)
+    (model, tokenizer), = full.others
+    forced = full._teacher_forced(model, tokenizer, texts, [[o for o, _ in c] for c in first], 32)
+    # The first member's candidates ranked by the two members' mean; the second's opinion of the best.
+    ranked = [sorted(((o, (s + f) / 2) for (o, s), f in zip(c, fs, strict=True)), key=lambda x: -x[1])
+              for c, fs in zip(first, forced, strict=True)]
+    opinion = [dict(zip([o for o, _ in c], fs, strict=True))[r[0][0]]
+               for c, fs, r in zip(first, forced, ranked, strict=True)]
+    values = sorted(set(opinion))
+    cut = (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2  # between two questions' opinions
+    meta = json.loads((folder / "medsql.json").read_text())
+    (folder / "medsql.json").write_text(json.dumps(meta | {"ensemble_agreement": math.exp(cut)}))
+    agreeing, pooled = Predictor(folder), full.candidates(QUESTIONS)
+    searched: list[list[str]] = []
+    real = Predictor._beam_search
+    monkeypatch.setattr(Predictor, "_beam_search", lambda self, member, these, *a: (
+        searched.append(these) if member else None) or real(self, member, these, *a))
+    candidates = agreeing.candidates(QUESTIONS)
+    settled = [i for i, o in enumerate(opinion) if o >= cut]
+    assert 0 < len(settled) < len(QUESTIONS), "the threshold should split the questions"
+    assert searched == [[texts[i] for i in range(len(QUESTIONS)) if i not in settled]]
+    for i, (mine, theirs) in enumerate(zip(candidates, pooled, strict=True)):
+        expected = ranked[i] if i in settled else theirs
+        assert [o for o, _ in mine] == [o for o, _ in expected]
+        assert [s for _, s in mine] == pytest.approx([s for _, s in expected], abs=1e-4)
+    # 0: the others never search; 1: always.
+    for agreement, searches in ((0.0, []), (1.0, [texts])):
+        (folder / "medsql.json").write_text(json.dumps(meta | {"ensemble_agreement": agreement}))
+        searched.clear()
+        Predictor(folder).candidates(QUESTIONS)
+        assert searched == searches
