@@ -6,7 +6,7 @@ A candidate qualifies when it is
   no row can be),
 - type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number,
 - faithful to the question's comparisons: a number the question bounds one way ("over 65", "before
-  2150", "3 days or less") is compared that way (`stated_comparison`), and
+  2150", "3 days or less") is compared that way (`stated_comparison`),
 - grounded: every `=` literal of a free-text column (diagnoses, drugs, routes, locations, ...) is a
   value its column holds (the ValueIndex: demo tables, code dictionaries, training literals) or one
   the linker proposed for that column; so is a patient's name, and

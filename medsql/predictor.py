@@ -268,7 +268,8 @@ class Predictor:
         known += [[dict(zip(outputs, scores, strict=True)) for outputs, scores in
                    zip(pooled, self._teacher_forced(model, tokenizer, texts, pooled, batch_size), strict=True)]
                   for model, tokenizer in self.others]
-        share = self.ensemble_agreement  # as a log-probability a token; None: they always search
+        share = self.ensemble_agreement
+        # The same as a log-probability a token (the candidates' scores); None: the others always search.
         agreement = None if share >= 1 else math.log(share) if share > 0 else -math.inf
         unsettled = [i for i, ranked in enumerate(_mean_ranked(pooled, known)) if agreement is None
                      or any(member[i][ranked[0][0]] < agreement for member in known[1:])]
