@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from medsql.evaluation.recovery import ValueIndex, recoverable
-from medsql.linking import Link, normalised
+from medsql.linking import Link, normalised, within
 from medsql.schema import is_numeric
 from medsql.sqlform import FormError, Query, parse_sql
 from medsql.text import is_number
@@ -131,12 +131,12 @@ def left_out(query: Query, links: Iterable[Link]) -> list[Link]:
 
     def used(span: str) -> bool:
         return any(columns & USED_BY.get((k.table, k.column), {(k.table, k.column)})
-                   or any(_within(span, literal) or _within(normalised(k.value), literal) for literal in literals)
+                   or any(within(span, literal) or within(normalised(k.value), literal) for literal in literals)
                    for k in mentions[span])
 
     found = [span for span in mentions if used(span)]
     return [named[0] for span, named in mentions.items()
-            if span not in found and not any(_within(span, other) for other in found)]
+            if span not in found and not any(within(span, other) for other in found)]
 
 
 def numbers_left_out(query: Query, question: str, links: Iterable[Link] = ()) -> list[str]:
@@ -146,12 +146,7 @@ def numbers_left_out(query: Query, question: str, links: Iterable[Link] = ()) ->
     named = [link.span for link in links if link.source != "fuzzy"]
     return list(dict.fromkeys(
         word for word in normalised(question).split() if word.isdigit()
-        and not any(_within(word, text) for text in literals + named)))
-
-
-def _within(words: str, text: str) -> bool:
-    """Whether `words` run, whole words, within `text` (both normalised)."""
-    return f" {words} " in f" {text} "
+        and not any(within(word, text) for text in literals + named)))
 
 
 def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = (), question: str | None = None

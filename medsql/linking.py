@@ -237,9 +237,14 @@ def _spans(words: list[str], max_words: int) -> list[str]:
                               for j in range(i + 1, min(len(words), i + max_words) + 1)))
 
 
+def within(words: str, text: str) -> bool:
+    """Whether `words` run, whole words, within `text` (both normalised), or are all of it."""
+    return f" {words} " in f" {text} "
+
+
 def _inside(span: str, phrase: str) -> bool:
     """Whether `span` is a shorter run of words within `phrase`."""
-    return span != phrase and f" {span} " in f" {phrase} "
+    return span != phrase and within(span, phrase)
 
 
 def _same_word(value_word: str, stated: str, prefix: bool = True) -> bool:
