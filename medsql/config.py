@@ -216,8 +216,8 @@ class TrainConfig:
     # log-probability. max_wall_minutes is shared among them.
     ensemble_members: int = _setting(1, lambda v: 1 <= v <= 8, "must be from 1 to 8")
     # The further members run their own beam search only where they give the first member's best
-    # candidate less than this probability a token (they disagree); elsewhere they only score its
-    # candidates. 1: always; 0: never.
+    # candidate less than this probability a token (they disagree) or it is not grounded; elsewhere
+    # they only score its candidates. 1: always; 0: only where it is not grounded.
     ensemble_agreement: float = _setting(0.99, _share, "must be between 0 and 1")
     max_wall_minutes: float = _setting(15, _non_negative, "must be 0 (no limit) or positive")
     # Answers whose calibrated confidence is below this are marked uncertain (written into the model folder).

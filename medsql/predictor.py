@@ -10,7 +10,8 @@ A model folder (what the train stage writes) holds the Hugging Face model and to
 A folder may hold further ensemble members (`medsql.json`'s `members`: sub-folders, each a model and
 its tokenizer trained from another seed). Then each candidate is ranked by the members' mean
 log-probability of it. The first member runs its beam search and the others score its candidates
-by teacher forcing; where they agree with its best one (`ensemble_agreement`), that is all. Where
+by teacher forcing; where they agree with its best one (`ensemble_agreement`) and it is grounded,
+that is all. Where
 they do not, every member runs its beam search, the candidates are pooled, and each member scores
 the others' by teacher forcing (a member's beam scored its own). With one model, the beam's own
 scores rank them.
@@ -254,10 +255,11 @@ class Predictor:
 
         With further members: the first member's beam search runs, and the others score its
         candidates by teacher forcing. Where every other member gives the candidate the members rank
-        first at least the folder's `ensemble_agreement` (a per-token probability), they agree, and
-        those candidates are the answer's. Elsewhere every other member runs its own beam search too,
-        the outputs are pooled, and each member scores the ones it has not (its own beam's scores are
-        teacher forcing's: a test checks it). Candidates are ranked by the members' mean."""
+        first at least the folder's `ensemble_agreement` (a per-token probability) and that candidate
+        is grounded (medsql.grounding), they agree, and those candidates are the answer's. Elsewhere
+        every other member runs its own beam search too, the outputs are pooled, and each member
+        scores the ones it has not (its own beam's scores are teacher forcing's: a test checks it).
+        Candidates are ranked by the members' mean."""
         texts = self.model_inputs(questions)
         first = self._beam_search(0, texts, num_beams, batch_size)
         if len(self.members) == 1:
@@ -271,8 +273,12 @@ class Predictor:
         share = self.ensemble_agreement
         # The same as a log-probability a token (the candidates' scores); None: the others always search.
         agreement = None if share >= 1 else math.log(share) if share > 0 else -math.inf
+        # They settle a question only on a best candidate the database can stand behind: where it
+        # is not grounded, the others' own candidates may hold one that is.
         unsettled = [i for i, ranked in enumerate(_mean_ranked(pooled, known)) if agreement is None
-                     or any(member[i][ranked[0][0]] < agreement for member in known[1:])]
+                     or any(member[i][ranked[0][0]] < agreement for member in known[1:])
+                     or grounding.problems(self.to_sql(ranked[0][0], questions[i]), self.values,
+                                           self.links(questions[i]), questions[i])]
         if unsettled:
             subset = [texts[i] for i in unsettled]
             for number in range(1, len(self.members)):

@@ -339,16 +339,29 @@ def test_further_members_that_agree_with_the_first_skip_their_own_beam_search(tm
     monkeypatch.setattr(Predictor, "_beam_search", lambda self, member, these, *a: (
         searched.append(these) if member else None) or real(self, member, these, *a))
     candidates = agreeing.candidates(QUESTIONS)
-    settled = [i for i, o in enumerate(opinion) if o >= cut]
+    from medsql import grounding
+
+    grounded = [not grounding.problems(full.to_sql(r[0][0], q), full.values, full.links(q), q)
+                for r, q in zip(ranked, QUESTIONS, strict=True)]
+    settled = [i for i, o in enumerate(opinion) if o >= cut and grounded[i]]
     assert 0 < len(settled) < len(QUESTIONS), "the threshold should split the questions"
     assert searched == [[texts[i] for i in range(len(QUESTIONS)) if i not in settled]]
     for i, (mine, theirs) in enumerate(zip(candidates, pooled, strict=True)):
         expected = ranked[i] if i in settled else theirs
         assert [o for o, _ in mine] == [o for o, _ in expected]
         assert [s for _, s in mine] == pytest.approx([s for _, s in expected], abs=1e-4)
-    # 0: the others never search; 1: always.
-    for agreement, searches in ((0.0, []), (1.0, [texts])):
+    # 0: the others search only where the best candidate is not grounded; 1: always.
+    ungrounded_texts = [texts[i] for i in range(len(QUESTIONS)) if not grounded[i]]
+    assert 0 < len(ungrounded_texts) < len(QUESTIONS)
+    for agreement, searches in ((0.0, [ungrounded_texts]), (1.0, [texts])):
         (folder / "medsql.json").write_text(json.dumps(meta | {"ensemble_agreement": agreement}))
         searched.clear()
         Predictor(folder).candidates(QUESTIONS)
         assert searched == searches
+    # However sure they are, a best candidate the database cannot stand behind settles nothing.
+    (folder / "medsql.json").write_text(json.dumps(meta | {"ensemble_agreement": 0.0}))
+    ungrounded = Predictor(folder)
+    monkeypatch.setattr("medsql.predictor.grounding.problems", lambda sql, *a: ["not grounded"])
+    searched.clear()
+    ungrounded.candidates(QUESTIONS)
+    assert searched == [texts]
