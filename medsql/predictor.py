@@ -265,20 +265,23 @@ class Predictor:
         if len(self.members) == 1:
             return first
         pooled = [list(_best_scores(candidates)) for candidates in first]
-        # known[member][question]: output -> that member's log-probability per token of it
-        known = [[_best_scores(candidates) for candidates in first]]
-        known += [[dict(zip(outputs, scores, strict=True)) for outputs, scores in
-                   zip(pooled, self._teacher_forced(model, tokenizer, texts, pooled, batch_size), strict=True)]
-                  for model, tokenizer in self.others]
         share = self.ensemble_agreement
         # The same as a log-probability a token (the candidates' scores); None: the others always search.
         agreement = None if share >= 1 else math.log(share) if share > 0 else -math.inf
+        # known[member][question]: output -> that member's log-probability per token of it
+        known = [[_best_scores(candidates) for candidates in first]]
+        # Where the others always search, what they have not scored is teacher-forced after it.
+        known += [[{} for _ in texts] if agreement is None else
+                  [dict(zip(outputs, scores, strict=True)) for outputs, scores in
+                   zip(pooled, self._teacher_forced(model, tokenizer, texts, pooled, batch_size), strict=True)]
+                  for model, tokenizer in self.others]
         # They settle a question only on a best candidate the database can stand behind: where it
         # is not grounded, the others' own candidates may hold one that is.
-        unsettled = [i for i, ranked in enumerate(_mean_ranked(pooled, known)) if agreement is None
-                     or any(member[i][ranked[0][0]] < agreement for member in known[1:])
-                     or grounding.problems(self.to_sql(ranked[0][0], questions[i]), self.values,
-                                           self.links(questions[i]), questions[i])]
+        unsettled = list(range(len(texts))) if agreement is None else [
+            i for i, ranked in enumerate(_mean_ranked(pooled, known))
+            if any(member[i][ranked[0][0]] < agreement for member in known[1:])
+            or grounding.problems(self.to_sql(ranked[0][0], questions[i]), self.values, self.links(questions[i]),
+                                  questions[i])]
         if unsettled:
             subset = [texts[i] for i in unsettled]
             for number in range(1, len(self.members)):

@@ -353,11 +353,16 @@ def test_further_members_that_agree_with_the_first_skip_their_own_beam_search(tm
     # 0: the others search only where the best candidate is not grounded; 1: always.
     ungrounded_texts = [texts[i] for i in range(len(QUESTIONS)) if not grounded[i]]
     assert 0 < len(ungrounded_texts) < len(QUESTIONS)
-    for agreement, searches in ((0.0, [ungrounded_texts]), (1.0, [texts])):
+    # Teacher forcing: with 1, each member scores only what its own search did not find, once, after the searches.
+    forcing = Predictor._teacher_forced
+    monkeypatch.setattr(Predictor, "_teacher_forced", lambda self, *a: searched.append("forced") or forcing(self, *a))
+    for agreement, calls in ((0.0, ["forced", ungrounded_texts, "forced", "forced"]),
+                             (1.0, [texts, "forced", "forced"])):
         (folder / "medsql.json").write_text(json.dumps(meta | {"ensemble_agreement": agreement}))
         searched.clear()
         Predictor(folder).candidates(QUESTIONS)
-        assert searched == searches
+        assert searched == calls
+    monkeypatch.setattr(Predictor, "_teacher_forced", forcing)
     # However sure they are, a best candidate the database cannot stand behind settles nothing.
     (folder / "medsql.json").write_text(json.dumps(meta | {"ensemble_agreement": 0.0}))
     ungrounded = Predictor(folder)
