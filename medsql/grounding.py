@@ -4,7 +4,8 @@ A candidate qualifies when it is
 - inside the dataset's grammar (medsql.sqlform.parse_sql reads it, and it asks for each column
   once: no query of the dataset selects one twice, or sets one column equal to two values, which
   no row can be),
-- type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number,
+- type-correct: a numeric column (AGE, DAYS_STAY, years, EXPIRE_FLAG) compared with a number, an
+  identifier (SUBJECT_ID, ITEMID, ...) with a whole number, not a name,
 - faithful to the question's comparisons: a number the question bounds one way ("over 65", "before
   2150", "3 days or less") is compared that way (`stated_comparison`),
 - grounded: every `=` literal of a free-text column (diagnoses, drugs, routes, locations, ...) is a
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Sequence
 
 from medsql.evaluation.recovery import ValueIndex, recoverable
 from medsql.linking import Link, normalised, within
-from medsql.schema import is_numeric
+from medsql.schema import is_identifier, is_numeric
 from medsql.sqlform import FormError, Query, parse_sql
 from medsql.text import is_number
 
@@ -178,6 +179,9 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
         if is_numeric(cond.table, cond.column):
             if not is_number(cond.value):
                 found.append(f'{name} is a number, compared with text "{cond.value}"')
+            continue
+        if is_identifier(cond.table, cond.column) and not cond.value.strip().isdigit():
+            found.append(f'{name} is an identifier (a whole number), compared with "{cond.value}"')
             continue
         checked = recoverable(cond.table, cond.column) == "fuzzy" or (cond.table, cond.column) in NAMED
         if cond.op != "=" or values is None or not checked:

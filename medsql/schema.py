@@ -33,6 +33,8 @@ INTEGER_COLUMNS: dict[str, set[str]] = {
     "DEMOGRAPHIC": {"AGE", "DAYS_STAY", "EXPIRE_FLAG", "DOB_YEAR", "ADMITYEAR"},
 }
 REAL_COLUMNS: dict[str, set[str]] = {"DEMOGRAPHIC": {"DOD_YEAR"}}
+# Identifiers: stored as text, but every value is a whole number (a name there is a type error).
+IDENTIFIER_COLUMNS = {"SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "ITEMID"}
 
 
 def column_type(table: str, column: str) -> str:
@@ -47,6 +49,11 @@ def column_type(table: str, column: str) -> str:
 def is_numeric(table: str, column: str) -> bool:
     """Whether SQLite compares the column's values as numbers (INTEGER or REAL)."""
     return column_type(table, column) in ("INTEGER", "REAL")
+
+
+def is_identifier(table: str, column: str) -> bool:
+    """Whether the column holds identifiers (whole numbers kept as text)."""
+    return has_column(table, column) and column.upper() in IDENTIFIER_COLUMNS
 
 
 def has_column(table: str, column: str) -> bool:

@@ -24,6 +24,14 @@ def test_a_number_column_compared_with_text_is_a_type_error(values):
     assert found == ['DEMOGRAPHIC.AGE is a number, compared with text "congestive heart failure"']
 
 
+def test_an_identifier_compared_with_a_name_is_a_type_error(values):
+    # The second ensemble member once wrote a patient's name as the subject id.
+    names = 'SELECT DEMOGRAPHIC."DAYS_STAY" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."{}" = "{}"'
+    assert grounding.problems(names.format("SUBJECT_ID", "elizabeth bateman"), values) == [
+        'DEMOGRAPHIC.SUBJECT_ID is an identifier (a whole number), compared with "elizabeth bateman"']
+    assert grounding.problems(names.format("SUBJECT_ID", "2560"), values) == []
+
+
 def test_a_literal_no_column_holds_is_refused_unless_the_linker_proposed_it(values):
     assert grounding.problems(DRUG.format("Furosemide"), values) == []
     assert grounding.problems(DRUG.format("potassium chloride orally"), values) == [
