@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ask", help="translate a question into SQL with a trained model",
         description="Translate one question into SQL and print it (pretty-printed unless --no-pretty), after "
                     "its plain-English reading and its confidence (marked uncertain below the model's "
-                    "min_confidence, then the next candidates follow as '-- next:' lines); --json prints the "
+                    "min_confidence or where the SQL leaves out what the question names, then the next "
+                    "candidates follow as '-- next:' lines); --json prints the "
                     "whole answer as JSON. Reads the model (models/medsql, a registry alias, a folder or an "
                     "MLflow URI); writes nothing. Exit status 2 on a refused question or an unusable model.")
     ask.add_argument("question", help="the question, in words (at most 400 characters)")

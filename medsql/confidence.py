@@ -11,7 +11,11 @@ A model folder without one (the zero-shot baseline) gets the uncalibrated geomet
 probability, halved when ungrounded, and says so (`calibrated: false`).
 
 Below the model's `min_confidence` (params.yaml train.min_confidence, written into medsql.json)
-an answer is marked uncertain, and interfaces show the next candidates beside it.
+an answer is marked uncertain, and interfaces show the next candidates beside it. So is an answer
+that departs from the question (medsql.grounding.departures: it leaves out a value or a number the
+question names, or compares a number the other way than the question bounds it), whatever its
+confidence: the calibration is fitted on validation answers, which almost never do that, so it
+cannot learn what it costs.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class Answer:
     sql: str                               # the SQL answered (value recovery applied)
     raw_sql: str                           # the same candidate as the model wrote it (no recovery)
     confidence: float                      # estimated probability the SQL is right (0-1)
-    uncertain: bool                        # confidence below the model's min_confidence
+    uncertain: bool                        # confidence below min_confidence, or departs from the question
     grounded: bool                         # passed the grounding checks (medsql.grounding)
     problems: tuple[str, ...] = ()         # why it is not grounded (no candidate qualified)
     chosen: int = 0                        # which candidate was taken (0 = beam search's top one)
@@ -151,8 +155,8 @@ def accuracy_at(points: list[dict[str, float]], coverage: float) -> float | None
     return None
 
 
-def at_threshold(confidences: list[float], right: list[bool], threshold: float) -> dict[str, float | None]:
-    """Coverage and accuracy of the answers given at a threshold (the others marked uncertain)."""
-    given = [r for c, r in zip(confidences, right, strict=True) if c >= threshold]
+def at_threshold(uncertain: list[bool], right: list[bool], threshold: float) -> dict[str, float | None]:
+    """Coverage and accuracy of the answers given at the model's threshold (the others marked uncertain)."""
+    given = [r for u, r in zip(uncertain, right, strict=True) if not u]
     return {"threshold": threshold, "coverage": len(given) / len(right) if right else None,
             "accuracy_of_answers_given": sum(given) / len(given) if given else None}

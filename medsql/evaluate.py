@@ -170,7 +170,7 @@ def trust(scored: list[dict[str, Any]], form: str, threshold: float) -> dict[str
         "rows": len(scored),
         "accuracy": sum(right) / len(right) if right else None,
         **{f"accuracy_at_{round(100 * c)}_coverage": accuracy_at(points, c) for c in COVERAGES},
-        "at_threshold": at_threshold(confidences, right, threshold),
+        "at_threshold": at_threshold([bool(r["uncertain"]) for r in scored], right, threshold),
         "grounding": {
             "changed": len(changed),
             "better": sum(_right(r["scores"][form]) and not r["top_beam_right"] for r in changed),

@@ -173,9 +173,6 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
               for name, said in equal.items() if len(said) > 1]
     for cond in query.conditions:
         name = f"{cond.table}.{cond.column}"
-        stated = bound_against(question, cond.op, cond.value) if question else None
-        if stated is not None:
-            found.append(f'the question says "{stated[1]}", the query {name} {cond.op} {cond.value}')
         if is_numeric(cond.table, cond.column):
             if not is_number(cond.value):
                 found.append(f'{name} is a number, compared with text "{cond.value}"')
@@ -189,12 +186,34 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
         if values.holds(cond.table, cond.column, cond.value) is False and (
                 cond.table, cond.column, cond.value.lower()) not in proposed:
             found.append(f'"{cond.value}" is not a value of {name}')
+    return found + departures(query, links, question)
+
+
+def departures(query: Query, links: Iterable[Link], question: str | None) -> list[str]:
+    """Where the query departs from the question: a number compared the other way than the question
+    bounds it, a value or a number the question names left out. Such a query answers another
+    question, however sure the model is of it, so its answer is marked uncertain (`departs`)."""
+    links = list(links)
+    found = []
+    for cond in query.conditions if question else ():
+        stated = bound_against(question, cond.op, cond.value)
+        if stated is not None:
+            name = f"{cond.table}.{cond.column}"
+            found.append(f'the question says "{stated[1]}", the query {name} {cond.op} {cond.value}')
     found += [f'the question names "{k.span}" ({k.table}.{k.column} = {k.value}), which the query leaves out'
               for k in left_out(query, links)]
     if question:
         found += [f'the question says "{number}", which the query leaves out'
                   for number in numbers_left_out(query, question, links)]
     return found
+
+
+def departs(sql: str, links: Iterable[Link], question: str | None) -> bool:
+    """Whether this SQL departs from the question (`departures`); SQL outside the grammar says nothing."""
+    try:
+        return bool(departures(parse_sql(sql), links, question))
+    except FormError:
+        return False
 
 
 def check(candidates: Sequence[str], values: ValueIndex | None, links: Iterable[Link] = (),

@@ -408,8 +408,11 @@ class Predictor:
         chosen_features = described(sql, chosen > 0)
         score = confidence(chosen_features)
         others = [other for other in distinct if other != sql][:ALTERNATIVES]
+        # An answer that departs from the question (leaves out what it names, bounds a number the other
+        # way) answers another question: uncertain however sure the model is of it.
+        uncertain = score < self.min_confidence or bool(problems) and grounding.departs(sql, links, question)
         return Answer(sql=sql, raw_sql=self.to_sql(candidates[chosen][0]), confidence=score,
-                      uncertain=score < self.min_confidence, grounded=not problems, problems=tuple(problems),
+                      uncertain=uncertain, grounded=not problems, problems=tuple(problems),
                       chosen=chosen, top_sql=recovered[0],
                       alternatives=tuple((other, confidence(described(other, other != recovered[0])))
                                          for other in others),

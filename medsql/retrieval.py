@@ -142,7 +142,8 @@ class RetrievalBaseline:
         problems = grounding.query_problems(query, self.values, links, question) + [
             f'the question gives no value for {c.table}.{c.column} (kept the neighbour\'s "{c.value}")' for c in kept]
         confidence = round(max(0.0, min(1.0, similarity)) * (1.0 if not problems else 0.5), 4)
-        return Answer(sql=sql, raw_sql=sql, confidence=confidence, uncertain=confidence < self.min_confidence,
+        uncertain = confidence < self.min_confidence or bool(grounding.departures(query, links, question))
+        return Answer(sql=sql, raw_sql=sql, confidence=confidence, uncertain=uncertain,
                       grounded=not problems, problems=tuple(problems), top_sql=sql, calibrated=False,
                       features={"similarity": round(similarity, 4)})
 

@@ -5,8 +5,9 @@ this file as the model's code and the model folder as its artifact.
 
 One row per question, in order, with the columns of `medsql.confidence.Answer.as_record()`: `sql`,
 `confidence` (the estimated probability that the SQL is right), `uncertain` (below the model's
-min_confidence: check it before use), `grounded`, `problems` (why not grounded, as text),
-`alternatives` (the next candidates, JSON text: [{"sql": ..., "confidence": ...}]), `calibrated`;
+min_confidence, or the SQL departs from the question: check it before use), `grounded`,
+`problems` (why not grounded, as text), `alternatives` (the next candidates, JSON text:
+[{"sql": ..., "confidence": ...}]), `calibrated`;
 and `explanation`, the SQL's plain-English reading (medsql.explain; empty when the SQL is outside
 the dataset's grammar). Over HTTP, /invocations returns them as
 {"predictions": [{"sql": ..., "confidence": ..., ...}, ...]}.

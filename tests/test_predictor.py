@@ -370,3 +370,25 @@ def test_further_members_that_agree_with_the_first_skip_their_own_beam_search(tm
     searched.clear()
     ungrounded.candidates(QUESTIONS)
     assert searched == [texts]
+
+
+def test_an_answer_that_leaves_out_what_the_question_names_is_uncertain_however_sure(
+        tmp_path: Path, mimicsql_db: Path) -> None:
+    # The calibration never sees such answers on validation; the Predictor marks them all the same.
+    folder = untrained_model(tmp_path / "model", db=mimicsql_db)
+    meta = json.loads((folder / "medsql.json").read_text())
+    (folder / "medsql.json").write_text(json.dumps(meta | {"min_confidence": 0.0}))
+    predictor = Predictor(folder)
+    question = "how many female patients over 65 are on medicare?"
+    aged = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F" '
+            'AND DEMOGRAPHIC."AGE" > "65"')
+    dropped = predictor._answer(question, [(sql_to_compact(aged), -0.01)])
+    assert dropped.problems == ('the question names "medicare" (DEMOGRAPHIC.INSURANCE = Medicare), '
+                                'which the query leaves out',)
+    assert dropped.uncertain and dropped.confidence > predictor.min_confidence  # above the threshold
+    whole = predictor._answer(question, [(sql_to_compact(aged + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"'), -0.01)])
+    assert whole.grounded and not whole.uncertain
+    # A value the database lacks is a doubt the confidence weighs, not a departure from the question.
+    named = ('SELECT DEMOGRAPHIC."DAYS_STAY" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."NAME" = "Elizabeth Bateman"')
+    unknown = predictor._answer("days of stay of elizabeth bateman?", [(sql_to_compact(named), -0.01)])
+    assert not unknown.grounded and not unknown.uncertain

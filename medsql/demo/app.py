@@ -7,7 +7,8 @@ For a question, each role answers, in this order on the page:
 - `baseline`: the zero-shot base model, only when asked (`medsql demo --zero-shot`): for the
   embedded profile it writes noise, and it costs most of the serving time.
 Each answer comes with how far to trust it (medsql.confidence.Answer): its confidence, whether it
-is uncertain (below the model's min_confidence; the page then shows the next candidates), and
+is uncertain (below the model's min_confidence, or the SQL departs from the question; the page
+then shows the next candidates), and
 whether it is grounded (and if not, why). Each query is pretty-printed, read in plain English,
 run through the guarded read-only executor on the MIMICSQL database, and timed. When the
 question is one of the dataset's, the gold SQL is shown too, with whether each prediction
