@@ -224,11 +224,12 @@ def _trust(ev: _Evaluation, risk_chart: str | None) -> list[str]:
     lines = ["## How sure: confidence and grounding (test split)", "",
              "Every answer carries a confidence. Answering only the most confident share of the questions "
              "(the coverage) should raise the share of right answers; below the model's threshold an answer "
-             "is marked uncertain. Grounded decoding takes the best beam candidate that is inside the grammar, "
-             "type-correct, names values the database holds, compares in the direction the question states and "
-             "leaves out none of the values and numbers the question names; the last columns count how often "
-             "it changed the top beam's answer (for the better or the worse) and how often no candidate "
-             "qualified.", ""]
+             "is marked uncertain, and so is one whose SQL leaves out what the question names or bounds a "
+             "number the other way, whatever its confidence. Grounded decoding takes the best beam candidate "
+             "that is inside the grammar, type-correct, names values the database holds, compares in the "
+             "direction the question states and leaves out none of the values and numbers the question names; "
+             "the last columns count how often it changed the top beam's answer (for the better or the worse) "
+             "and how often no candidate qualified.", ""]
     lines += table(TRUST_HEAD, _trust_rows(trust, ev.names))
     if risk_chart:
         lines += ["", f"![risk-coverage](figures/{risk_chart})"]
