@@ -162,7 +162,14 @@ def problems(sql: str, values: ValueIndex | None, links: Iterable[Link] = (), qu
 
 def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = (),
                    question: str | None = None) -> list[str]:
+    """`problems` of a parsed query: what the database cannot stand behind, then its `departures`."""
     links = list(links)
+    return database_problems(query, values, links) + departures(query, links, question)
+
+
+def database_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = ()) -> list[str]:
+    """A column asked for twice or set equal to two values, a type error, a literal its column lacks
+    (and the linker did not propose)."""
     proposed = {(link.table, link.column, link.value.lower()) for link in links}
     found = [f"selects {item[1]}.{item[2]} twice" for item, n in Counter(query.select).items() if n > 1]
     equal: dict[str, dict[str, str]] = {}  # TABLE.COLUMN -> the values it is set equal to, by lower case
@@ -186,7 +193,7 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
         if values.holds(cond.table, cond.column, cond.value) is False and (
                 cond.table, cond.column, cond.value.lower()) not in proposed:
             found.append(f'"{cond.value}" is not a value of {name}')
-    return found + departures(query, links, question)
+    return found
 
 
 def departures(query: Query, links: Iterable[Link], question: str | None) -> list[str]:

@@ -139,10 +139,11 @@ class RetrievalBaseline:
         index, similarity = self.nearest(words, list(best_per_span.values()), len(numbers))
         query, kept = self.substitute(self._queries[index], links, numbers, question)
         sql = render_sql(query)
-        problems = grounding.query_problems(query, self.values, links, question) + [
+        departing = grounding.departures(query, links, question)
+        problems = grounding.database_problems(query, self.values, links) + departing + [
             f'the question gives no value for {c.table}.{c.column} (kept the neighbour\'s "{c.value}")' for c in kept]
         confidence = round(max(0.0, min(1.0, similarity)) * (1.0 if not problems else 0.5), 4)
-        uncertain = confidence < self.min_confidence or bool(grounding.departures(query, links, question))
+        uncertain = confidence < self.min_confidence or bool(departing)
         return Answer(sql=sql, raw_sql=sql, confidence=confidence, uncertain=uncertain,
                       grounded=not problems, problems=tuple(problems), top_sql=sql, calibrated=False,
                       features={"similarity": round(similarity, 4)})
