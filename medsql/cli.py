@@ -88,12 +88,14 @@ OUTSIDE_GRAMMAR = "This SQL is outside the dataset's grammar: no plain-English r
 
 
 def confidence_line(answer: Answer) -> str:
-    """`confidence 0.83`, with what the reader must know: uncertain, not grounded (and why)."""
+    """`confidence 0.83`, with what the reader must know: uncertain, not grounded (and why), mended (how)."""
     line = f"confidence {answer.confidence:.2f}"
     if answer.uncertain:
         line += " (uncertain: check before use)"
     if not answer.grounded:
         line += f" (not grounded: {'; '.join(answer.problems) or 'no candidate qualified'})"
+    if answer.mended:
+        line += f" (mended: {'; '.join(answer.mended)})"
     return line
 
 

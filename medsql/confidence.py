@@ -41,6 +41,7 @@ class Answer:
     uncertain: bool                        # confidence below min_confidence, or departs from the question
     grounded: bool                         # passed the grounding checks (medsql.grounding)
     problems: tuple[str, ...] = ()         # why it is not grounded (no candidate qualified)
+    mended: tuple[str, ...] = ()           # what was changed in the candidate taken, where it was mended
     chosen: int = 0                        # which candidate was taken (0 = beam search's top one)
     top_sql: str = ""                      # beam search's top candidate (what plain decoding answers)
     alternatives: tuple[tuple[str, float], ...] = ()  # the next candidates, with their confidence
@@ -50,13 +51,14 @@ class Answer:
     def as_record(self) -> dict[str, Any]:
         """One flat row (the pyfunc's output columns): lists as JSON text, no nested objects."""
         return {"sql": self.sql, "confidence": self.confidence, "uncertain": self.uncertain,
-                "grounded": self.grounded, "problems": "; ".join(self.problems),
+                "grounded": self.grounded, "problems": "; ".join(self.problems), "mended": "; ".join(self.mended),
                 "alternatives": json.dumps([{"sql": sql, "confidence": c} for sql, c in self.alternatives]),
                 "calibrated": self.calibrated}
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["problems"] = list(self.problems)
+        out["mended"] = list(self.mended)
         out["alternatives"] = [{"sql": sql, "confidence": c} for sql, c in self.alternatives]
         out.pop("features")
         return out

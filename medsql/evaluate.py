@@ -9,7 +9,8 @@ score (eval_detail.json and the prediction rows name it under the key "headline"
 
 Beside accuracy, evaluation measures trust:
 - grounded decoding: how often taking the best grounded beam candidate changed the answer, and
-  how often for the better or the worse (against the top beam), and how often no candidate qualified;
+  how often for the better or the worse (against the top beam), how often the candidate taken was
+  a mended one (and for the better or the worse), and how often no candidate qualified;
 - confidence: a risk-coverage curve per system (answer only the most confident share), the
   accuracy at 80 % and 90 % coverage, and at the model's threshold the share answered and the
   accuracy of the answers given;
@@ -149,7 +150,8 @@ def score_system(rows: list[dict[str, Any]], answers: list[Answer], index: Value
             "prediction": recovered if form == "recovered" else raw,
             "raw": raw, "recovered": recovered, "headline": form, "scores": scores,
             "confidence": answer.confidence, "uncertain": answer.uncertain, "grounded": answer.grounded,
-            "problems": list(answer.problems), "chosen_candidate": answer.chosen, "top_beam": top,
+            "problems": list(answer.problems), "mended": list(answer.mended),
+            "chosen_candidate": answer.chosen, "top_beam": top,
             "top_beam_right": _right(top_scores),
         })
     return out
@@ -165,6 +167,7 @@ def trust(scored: list[dict[str, Any]], form: str, threshold: float) -> dict[str
     right = [_right(r["scores"][form]) for r in scored]
     confidences = [float(r["confidence"]) for r in scored]
     changed = [r for r in scored if r["chosen_candidate"] != 0]
+    mended = [r for r in changed if r.get("mended")]
     points = risk_coverage(confidences, right)
     return {
         "rows": len(scored),
@@ -176,6 +179,9 @@ def trust(scored: list[dict[str, Any]], form: str, threshold: float) -> dict[str
             "better": sum(_right(r["scores"][form]) and not r["top_beam_right"] for r in changed),
             "worse": sum(r["top_beam_right"] and not _right(r["scores"][form]) for r in changed),
             "no_candidate_qualified": sum(not r["grounded"] for r in scored),
+            "mended": len(mended),  # of the changed: a mended candidate taken (medsql.grounding.mended)
+            "mended_better": sum(_right(r["scores"][form]) and not r["top_beam_right"] for r in mended),
+            "mended_worse": sum(r["top_beam_right"] and not _right(r["scores"][form]) for r in mended),
         },
         "risk_coverage": [{k: round(v, 4) for k, v in p.items()} for p in points],
     }

@@ -19,7 +19,10 @@ A candidate qualifies when it is
   unless something says what it left out.
 
 The Predictor checks each candidate once (`check`) and takes the best-scoring one that qualifies
-(`first_grounded`), and says so when none does.
+(`first_grounded`), and says so when none does. Where the top candidates do not qualify, it also
+scores their `mended` versions (a literal trimmed to the value the question names or moved to its
+column, a comparison turned the way the question says, a value the question names added) with its
+models, ranks them among the candidates, and an answer taken from one says what was changed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from medsql.evaluation.recovery import ValueIndex, recoverable
 from medsql.linking import Link, normalised, within
 from medsql.schema import is_identifier, is_numeric
-from medsql.sqlform import FormError, Query, parse_sql
+from medsql.sqlform import Condition, FormError, Query, parse_sql, render_sql
 from medsql.text import is_number
 
 # Besides the free-text columns: a patient's name must be one the database knows.
@@ -187,13 +190,18 @@ def database_problems(query: Query, values: ValueIndex | None, links: Iterable[L
         if is_identifier(cond.table, cond.column) and not cond.value.strip().isdigit():
             found.append(f'{name} is an identifier (a whole number), compared with "{cond.value}"')
             continue
-        checked = recoverable(cond.table, cond.column) == "fuzzy" or (cond.table, cond.column) in NAMED
-        if cond.op != "=" or values is None or not checked:
-            continue
-        if values.holds(cond.table, cond.column, cond.value) is False and (
-                cond.table, cond.column, cond.value.lower()) not in proposed:
+        if _unknown(cond, values, proposed):
             found.append(f'"{cond.value}" is not a value of {name}')
     return found
+
+
+def _unknown(cond: Condition, values: ValueIndex | None, proposed: set[tuple[str, str, str]]) -> bool:
+    """Whether `cond` sets a checked column (free text, a patient's name) equal to a literal it does not
+    hold and the linker did not propose (`proposed`: (table, column, lower-case value))."""
+    checked = recoverable(cond.table, cond.column) == "fuzzy" or (cond.table, cond.column) in NAMED
+    return (cond.op == "=" and values is not None and checked
+            and values.holds(cond.table, cond.column, cond.value) is False
+            and (cond.table, cond.column, cond.value.lower()) not in proposed)
 
 
 def departures(query: Query, links: Iterable[Link], question: str | None) -> list[str]:
@@ -240,3 +248,74 @@ def first_grounded(found: Sequence[list[str]]) -> tuple[int, list[str]]:
             return index, []
     return 0, (list(found[0]) if found else ["no candidate"])
 
+
+
+_LEADING_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _leads(words: str, text: str) -> bool:
+    """Whether `text` starts with the whole words `words` (both normalised), or is all of them."""
+    return f"{text} ".startswith(f"{words} ")
+
+
+def mended(query: Query, values: ValueIndex | None, links: Iterable[Link], question: str
+           ) -> list[tuple[Query, list[str]]]:
+    """Versions of a candidate mended where the question and the database say how, each with what
+    was changed (in words); only versions that qualify (no `query_problems`), and none that reads
+    as the candidate itself:
+    - a literal its column lacks, which starts with a value the linker found in the question, becomes
+      that value in that value's column ("Anna Morris Go When" -> NAME = "Anna Morris"; "MEDICARE"
+      under DISCHARGE_LOCATION -> INSURANCE = "Medicare"); where another condition sets that
+      column already, the copy is dropped,
+    - a number or an identifier compared with text that starts with a number the question says
+      ("10098's") is compared with that number,
+    - a number compared the other way than the question bounds it is compared that way, strictly
+      and not (two versions: the models' scores choose),
+    - a value the question names that the query leaves out (`left_out`) is added as a condition.
+    The Predictor scores the versions with its models (teacher forcing) and ranks them among the
+    beam's candidates: the models, not this function, decide whether one is the answer."""
+    links = list(links)
+    proposed = {(k.table, k.column, k.value.lower()) for k in links}
+    said = set(_WORD.findall(question.lower()))
+    changes: list[str] = []
+    conditions: list[Condition] = []
+    for at, cond in enumerate(query.conditions):
+        name = f"{cond.table}.{cond.column}"
+        if is_numeric(cond.table, cond.column) and not is_number(cond.value) or (
+                is_identifier(cond.table, cond.column) and not cond.value.strip().isdigit()):
+            number = _LEADING_NUMBER.match(cond.value.strip())
+            if number and number[0] in said:
+                conditions.append(Condition(cond.table, cond.column, cond.op, number[0]))
+                changes.append(f'{name} {cond.op} {number[0]}, for "{cond.value}"')
+                continue
+        elif _unknown(cond, values, proposed):
+            literal = normalised(cond.value)
+            named = [k for k in links if _leads(normalised(k.value), literal) or _leads(k.span, literal)]
+            named.sort(key=lambda k: (k.table, k.column) != (cond.table, cond.column))  # its own column first
+            if named:
+                k = named[0]
+                others = {(c.table, c.column) for i, c in enumerate(query.conditions) if i != at}
+                if (k.table, k.column) != (cond.table, cond.column) and (k.table, k.column) in others:
+                    changes.append(f'dropped {name} = "{cond.value}": the question\'s "{k.span}" is '
+                                   f'{k.table}.{k.column}, which the query sets already')
+                    continue
+                conditions.append(Condition(k.table, k.column, "=", k.value))
+                changes.append(f'{k.table}.{k.column} = "{k.value}" (the question\'s "{k.span}"), '
+                               f'for {name} = "{cond.value}"')
+                continue
+        conditions.append(cond)
+    added = left_out(Query(query.select, conditions), links)
+    conditions += [Condition(k.table, k.column, "=", k.value) for k in added]
+    changes += [f'added {k.table}.{k.column} = "{k.value}" (the question\'s "{k.span}")' for k in added]
+    bounds = {at: stated for at, cond in enumerate(conditions)
+              if (stated := bound_against(question, cond.op, cond.value)) is not None}
+    versions = []
+    for strict in ((True, False) if bounds else (True,)):
+        ops = {at: way if strict else way + "=" for at, (way, _) in bounds.items()}
+        these = [Condition(c.table, c.column, ops.get(at, c.op), c.value) for at, c in enumerate(conditions)]
+        version = Query(list(query.select), list(dict.fromkeys(these)))
+        said_bounds = [f'{c.table}.{c.column} {ops[at]} {c.value}, as the question says "{bounds[at][1]}"'
+                       for at, c in enumerate(conditions) if at in bounds]
+        if render_sql(version) != render_sql(query) and not query_problems(version, values, links, question):
+            versions.append((version, changes + said_bounds))
+    return versions

@@ -19,8 +19,10 @@ scores rank them.
 `answer` is what interfaces show: the beam's candidates are decoded, the best one the database can
 stand behind is taken (medsql.grounding: inside the grammar, type-correct, literals that exist or
 that the linker proposed), and it carries a confidence (medsql.confidence, calibrated on the
-validation split into the folder's `confidence.json`) and the next candidates. `predict` gives the
-SQL of those answers.
+validation split into the folder's `confidence.json`) and the next candidates. Where the top
+candidates (MENDED_CANDIDATES) do not qualify, their mended versions (medsql.grounding.mended) are
+scored by every member (teacher forcing) and ranked among the candidates after the top one; an
+answer taken from one lists what was changed (`Answer.mended`). `predict` gives the SQL of those answers.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorE
 # search costs memory and time in proportion, and past a handful of beams answers stop improving.
 MAX_BEAMS = 16
 ALTERNATIVES = 2  # next candidates an answer carries beside its SQL
+MENDED_CANDIDATES = 2  # where no candidate is grounded, the top ones mended (medsql.grounding.mended)
 # The ensemble_agreement of a folder from before it was recorded: every member runs its beam search,
 # as that folder was evaluated.
 ALWAYS_SEARCH = 1.0
@@ -391,6 +394,19 @@ class Predictor:
         recovered = [self.to_sql(output, question) for output, _ in candidates]
         found = grounding.check(recovered, self.values, links, question)
         chosen, problems = grounding.first_grounded(found)
+        changes: dict[str, tuple[str, ...]] = {}  # a mended candidate's SQL -> what mending changed
+        if candidates and (problems or chosen > 0):
+            mends = self._mended(question, recovered[:min(chosen or MENDED_CANDIDATES, MENDED_CANDIDATES)],
+                                 recovered, links)
+            if mends:
+                # The top candidate stays first (what plain decoding answers); the rest rank by score.
+                pairs = list(zip(candidates, recovered, strict=True))
+                pairs[1:] = sorted(pairs[1:] + [((output, score), sql) for output, score, sql, _ in mends],
+                                   key=lambda pair: -pair[0][1])
+                candidates, recovered = [c for c, _ in pairs], [sql for _, sql in pairs]
+                changes = {sql: change for _, _, sql, change in mends}
+                found = grounding.check(recovered, self.values, links, question)
+                chosen, problems = grounding.first_grounded(found)
         grounded = {sql: not problems_of for sql, problems_of in zip(recovered, found, strict=True)}
         # Candidates that read the same once recovered are one answer: the next distinct one is the rival.
         distinct = list(dict.fromkeys(recovered))
@@ -413,10 +429,38 @@ class Predictor:
         uncertain = score < self.min_confidence or bool(problems) and grounding.departs(sql, links, question)
         return Answer(sql=sql, raw_sql=self.to_sql(candidates[chosen][0]), confidence=score,
                       uncertain=uncertain, grounded=not problems, problems=tuple(problems),
+                      mended=changes.get(sql, ()) if chosen > 0 else (),
                       chosen=chosen, top_sql=recovered[0],
                       alternatives=tuple((other, confidence(described(other, other != recovered[0])))
                                          for other in others),
                       calibrated=self.calibration is not None, features=chosen_features)
+
+    def _mended(self, question: str, mending: list[str], recovered: list[str], links: list[Link]
+                ) -> list[tuple[str, float, str, tuple[str, ...]]]:
+        """The mended versions (medsql.grounding.mended) of the candidates' SQL `mending` that none of
+        `recovered` (every candidate's SQL) reads as: (output, the members' mean log-probability a
+        token of it by teacher forcing, its SQL, what mending changed), one per distinct SQL."""
+        from medsql.sqlform import parse_sql, to_compact
+
+        known = set(recovered)
+        versions: dict[str, tuple[str, tuple[str, ...]]] = {}  # output -> (SQL, changes)
+        for sql in mending:
+            try:
+                query = parse_sql(sql)
+            except FormError:
+                continue
+            for version, change in grounding.mended(query, self.values, links, question):
+                output = to_compact(version) if self.meta["target_form"] == "compact" else render_sql(version)
+                mended_sql = self.to_sql(output, question)
+                if mended_sql not in known:
+                    known.add(mended_sql)
+                    versions[output] = (mended_sql, tuple(change))
+        if not versions:
+            return []
+        text, outputs = self.model_inputs([question]), [list(versions)]
+        scores = [self._teacher_forced(model, tokenizer, text, outputs, 1)[0] for model, tokenizer in self.members]
+        return [(output, sum(member[i] for member in scores) / len(scores), *versions[output])
+                for i, output in enumerate(outputs[0])]
 
     @staticmethod
     def pretty(sql: str) -> str:

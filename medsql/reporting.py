@@ -208,12 +208,19 @@ def _trust_rows(trust: dict[str, Any], names: list[str]) -> list[list[str]]:
         rows.append([SYSTEM_LABELS.get(s, s), _figure(t["accuracy"]), _figure(t.get("accuracy_at_80_coverage")),
                      _figure(t.get("accuracy_at_90_coverage")), _figure(t["at_threshold"]["coverage"]),
                      _figure(t["at_threshold"]["accuracy_of_answers_given"]),
-                     f"{g['changed']} ({g['better']} better, {g['worse']} worse)", str(g["no_candidate_qualified"])])
+                     f"{g['changed']} ({g['better']} better, {g['worse']} worse)", _mended(g),
+                     str(g["no_candidate_qualified"])])
     return rows
 
 
 TRUST_HEAD = ["system", "right", "right at 80% coverage", "right at 90% coverage", "answered at the threshold",
-              "right among those answered", "grounding changed the answer", "no candidate grounded"]
+              "right among those answered", "grounding changed the answer", "of them mended", "no candidate grounded"]
+
+
+def _mended(grounding: dict[str, Any]) -> str:
+    if "mended" not in grounding:  # figures from before mending
+        return "n/a"
+    return f"{grounding['mended']} ({grounding['mended_better']} better, {grounding['mended_worse']} worse)"
 
 
 def _trust(ev: _Evaluation, risk_chart: str | None) -> list[str]:
@@ -227,9 +234,13 @@ def _trust(ev: _Evaluation, risk_chart: str | None) -> list[str]:
              "is marked uncertain, and so is one whose SQL leaves out what the question names or bounds a "
              "number the other way, whatever its confidence. Grounded decoding takes the best beam candidate "
              "that is inside the grammar, type-correct, names values the database holds, compares in the "
-             "direction the question states and leaves out none of the values and numbers the question names; "
-             "the last columns count how often it changed the top beam's answer (for the better or the worse) "
-             "and how often no candidate qualified.", ""]
+             "direction the question states and leaves out none of the values and numbers the question names. "
+             "Where none of the top candidates does, it also mends them as the question and the database say "
+             "(a literal trimmed to the value the question names or moved to that value's column, a comparison "
+             "turned the way the question states it, a value the question names added), the models score the "
+             "mended versions, and the answer says what was changed. The last columns count how often grounded "
+             "decoding changed the top beam's answer (for the better or the worse), how often the answer taken "
+             "was a mended one, and how often no candidate qualified.", ""]
     lines += table(TRUST_HEAD, _trust_rows(trust, ev.names))
     if risk_chart:
         lines += ["", f"![risk-coverage](figures/{risk_chart})"]

@@ -6,7 +6,8 @@ this file as the model's code and the model folder as its artifact.
 One row per question, in order, with the columns of `medsql.confidence.Answer.as_record()`: `sql`,
 `confidence` (the estimated probability that the SQL is right), `uncertain` (below the model's
 min_confidence, or the SQL departs from the question: check it before use), `grounded`,
-`problems` (why not grounded, as text), `alternatives` (the next candidates, JSON text:
+`problems` (why not grounded, as text), `mended` (what was changed in the model's candidate, where
+grounded decoding mended it: medsql.grounding.mended), `alternatives` (the next candidates, JSON text:
 [{"sql": ..., "confidence": ...}]), `calibrated`;
 and `explanation`, the SQL's plain-English reading (medsql.explain; empty when the SQL is outside
 the dataset's grammar). Over HTTP, /invocations returns them as
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 MODEL = "model"
 # The output columns, in order: Answer.as_record()'s, then the reading (an empty input still gets them).
-COLUMNS = ["sql", "confidence", "uncertain", "grounded", "problems", "alternatives", "calibrated", "explanation"]
+COLUMNS = ["sql", "confidence", "uncertain", "grounded", "problems", "mended", "alternatives", "calibrated",
+           "explanation"]
 
 
 def answer_rows(answers: list[Answer]) -> list[dict[str, Any]]:

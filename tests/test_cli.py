@@ -84,6 +84,18 @@ def test_ask_prints_no_next_candidates_for_an_answer_it_is_sure_of(never_uncerta
     ]
 
 
+def test_the_confidence_line_says_what_grounded_decoding_mended():
+    from medsql.cli import confidence_line
+    from medsql.confidence import Answer
+
+    answer = Answer(sql="SELECT 1", raw_sql="SELECT 1", confidence=0.41, uncertain=True, grounded=True, chosen=1,
+                    mended=('added PRESCRIPTIONS.ROUTE = "IV" (the question\'s "iv")', "DEMOGRAPHIC.AGE > 65, as the "
+                            'question says "over 65"'))
+    assert confidence_line(answer) == ('confidence 0.41 (uncertain: check before use) (mended: added '
+                                       'PRESCRIPTIONS.ROUTE = "IV" (the question\'s "iv"); DEMOGRAPHIC.AGE > 65, as '
+                                       'the question says "over 65")')
+
+
 def test_ask_json_prints_the_whole_answer_and_its_reading(model_dir: Path, tmp_path: Path):
     done = medsql("ask", QUESTION, "--model", str(model_dir), "--beams", "2", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr.decode()

@@ -110,19 +110,22 @@ class LookupModel:
 
 class SureLookupModel(LookupModel):
     """A LookupModel that answers with Answers (as the Predictor does): each with this confidence,
-    uncertain below `min_confidence`, these next candidates and (when given) grounding problems."""
+    uncertain below `min_confidence`, these next candidates and (when given) grounding problems or
+    what grounded decoding mended."""
 
     def __init__(self, *args, confidence: float = 0.9, min_confidence: float = 0.5,
-                 alternatives: tuple[str, ...] = (), problems: tuple[str, ...] = (), **kwargs):
+                 alternatives: tuple[str, ...] = (), problems: tuple[str, ...] = (), mended: tuple[str, ...] = (),
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.confidence, self.min_confidence = confidence, min_confidence
-        self.alternatives, self.problems = alternatives, problems
+        self.alternatives, self.problems, self.mended = alternatives, problems, mended
 
     def answer(self, questions: list[str]) -> list[Answer]:
         uncertain = self.confidence < self.min_confidence
         alternatives = tuple((alt, round(self.confidence / 2, 4)) for alt in self.alternatives)
         return [Answer(sql=sql, raw_sql=sql, confidence=self.confidence, uncertain=uncertain,
-                       grounded=not self.problems, problems=self.problems, top_sql=sql, alternatives=alternatives)
+                       grounded=not self.problems, problems=self.problems, top_sql=sql, alternatives=alternatives,
+                       mended=self.mended, chosen=int(bool(self.mended)))
                 for sql in self.predict(questions)]
 
 

@@ -124,7 +124,8 @@ def test_question_shows_every_panel_with_its_reading_confidence_and_results(page
     divorced = DATASET[1]["sql"]
     champion = SureLookupModel("champion (test model)", {r["question"]: r["sql"] for r in DATASET},
                                default='SELECT DEMOGRAPHIC."NAME",DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC',
-                               confidence=0.31, alternatives=(divorced,))
+                               confidence=0.31, alternatives=(divorced,),
+                               mended=('added DEMOGRAPHIC.GENDER = "F" (the question\'s "women")',))
     retrieval = SureLookupModel("retrieval (test model)", default=FEMALE_UNDER_67["sql"], confidence=0.83,
                                 problems=('DEMOGRAPHIC.AGE = "sixty": not a number',))
     models = {"baseline": LookupModel("zero-shot (test model)"), "retrieval": retrieval, "champion": champion}
@@ -161,6 +162,11 @@ def test_question_shows_every_panel_with_its_reading_confidence_and_results(page
     assert candidate.count() == 1
     assert candidate.locator(".candidate-reading").inner_text().startswith("Counts distinct patients whose marital")
     assert "DIVORCED" in candidate.locator("pre.candidate-sql").inner_text()
+    # An answer grounded decoding mended says what was changed, above the SQL.
+    mended = champion_panel.locator(".mended")
+    assert mended.is_visible() and _above(mended, champion_panel.locator("pre.sql"))
+    assert mended.locator("li").all_inner_texts() == ['added DEMOGRAPHIC.GENDER = "F" (the question\'s "women")']
+    assert page.locator("#panel-retrieval .mended").count() == 0
 
     # A sure but ungrounded answer: no uncertain mark, and why it is not grounded.
     retrieval_panel = page.locator("#panel-retrieval")

@@ -50,8 +50,10 @@ def setting(tmp_path):
     # 3 for the worse (the top beam was right), on row 5 for the better (the top beam named no one).
     confidence = [0.9, 0.8, 0.3, 0.95, 0.85, 0.2]
     tops = {2: PANC, 4: FEMALE.replace('"F"', '"X"')}
+    # The better one was a mended candidate (medsql.grounding.mended).
     answers = [Answer(sql=sql, raw_sql=sql, confidence=c, uncertain=c < 0.5, grounded=True,
-                      chosen=1 if i in tops else 0, top_sql=tops.get(i, sql))
+                      chosen=1 if i in tops else 0, top_sql=tops.get(i, sql),
+                      mended=('DEMOGRAPHIC.GENDER = "F", for "X"',) if i == 4 else ())
                for i, (sql, c) in enumerate(zip(model, confidence, strict=True))]
     zero_shot = [Answer(sql=sql, raw_sql=sql, confidence=0.1, uncertain=True, grounded=False,
                         problems=("outside the grammar",), top_sql=sql, calibrated=False) for sql in baseline]
@@ -207,7 +209,8 @@ def test_trust_figures_say_how_far_confidence_and_grounding_can_be_trusted(setti
     assert trust["accuracy_at_90_coverage"] == pytest.approx(4 / 6)
     assert trust["at_threshold"] == {"threshold": 0.5, "coverage": pytest.approx(4 / 6),
                                      "accuracy_of_answers_given": 1.0}
-    assert trust["grounding"] == {"changed": 2, "better": 1, "worse": 1, "no_candidate_qualified": 0}
+    assert trust["grounding"] == {"changed": 2, "better": 1, "worse": 1, "no_candidate_qualified": 0,
+                                  "mended": 1, "mended_better": 1, "mended_worse": 0}
     assert metrics["model"]["accuracy_at_80_coverage"] == pytest.approx(0.8)
     assert metrics["model"]["answered_at_threshold"] == pytest.approx(4 / 6)
     assert detail["trust"]["baseline"]["grounding"]["no_candidate_qualified"] == 6

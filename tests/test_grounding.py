@@ -179,3 +179,75 @@ def test_a_column_set_equal_to_two_values_does_not_qualify(values):
     both = COUNT + ' WHERE DEMOGRAPHIC."DISCHARGE_LOCATION" = "HOME" AND DEMOGRAPHIC."DISCHARGE_LOCATION" = "SNF"'
     assert grounding.problems(both, values) == ['DEMOGRAPHIC.DISCHARGE_LOCATION cannot be both "HOME" and "SNF"']
     assert grounding.problems(COUNT + ' WHERE DEMOGRAPHIC."AGE" > "20" AND DEMOGRAPHIC."AGE" < "40"', values) == []
+
+
+def _mended(sql: str, values: ValueIndex, links: list[Link], question: str) -> list[tuple[str, list[str]]]:
+    from medsql.sqlform import render_sql
+
+    found = grounding.mended(parse_sql(sql), values, links, question)
+    return [(render_sql(query), changes) for query, changes in found]
+
+
+FUROSEMIDE = Link("PRESCRIPTIONS", "DRUG", "Furosemide", "furosemide", 100.0, "exact")
+MEDICARE = Link("DEMOGRAPHIC", "INSURANCE", "Medicare", "medicare", 100.0, "exact")
+
+
+def test_a_literal_copied_with_the_words_after_the_value_is_mended_to_the_value(values):
+    question = "how many pts got furosemide doses"
+    assert _mended(DRUG.format("Furosemide Doses Did"), values, [FUROSEMIDE], question) == [
+        (DRUG.format("Furosemide"),
+         ['PRESCRIPTIONS.DRUG = "Furosemide" (the question\'s "furosemide"), '
+          'for PRESCRIPTIONS.DRUG = "Furosemide Doses Did"'])]
+    # A value inside the literal but not at its start says nothing about what the literal meant.
+    assert _mended(DRUG.format("Oral Furosemide Doses"), values, [FUROSEMIDE], question) == []
+    # Without a linked value the model's spelling stays: nothing is dropped or guessed.
+    assert _mended(DRUG.format("Furosemide Doses Did"), values, [], question) == []
+
+
+def test_a_value_written_under_the_wrong_column_is_moved_to_its_own(values):
+    wrong = COUNT + ' WHERE DEMOGRAPHIC."DISCHARGE_LOCATION" = "MEDICARE" AND DEMOGRAPHIC."AGE" > "80"'
+    right = COUNT + ' WHERE DEMOGRAPHIC."INSURANCE" = "Medicare" AND DEMOGRAPHIC."AGE" > "80"'
+    assert _mended(wrong, values, [MEDICARE], "how many medicare pts over 80") == [
+        (right, ['DEMOGRAPHIC.INSURANCE = "Medicare" (the question\'s "medicare"), '
+                 'for DEMOGRAPHIC.DISCHARGE_LOCATION = "MEDICARE"'])]
+
+
+def test_a_copy_of_a_value_another_condition_sets_is_dropped(values):
+    twice = DRUG.format("Furosemide") + ' AND DEMOGRAPHIC."DISCHARGE_LOCATION" = "FUROSEMIDE"'
+    assert _mended(twice, values, [FUROSEMIDE], "how many pts got furosemide") == [
+        (DRUG.format("Furosemide"),
+         ['dropped DEMOGRAPHIC.DISCHARGE_LOCATION = "FUROSEMIDE": the question\'s "furosemide" is '
+          'PRESCRIPTIONS.DRUG, which the query sets already'])]
+
+
+def test_an_identifier_written_with_the_words_after_it_is_mended_to_the_number_the_question_says(values):
+    days = 'SELECT DEMOGRAPHIC."DAYS_STAY" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = "{}"'
+    assert _mended(days.format("2560's"), values, [], "what was pt 2560's length of stay") == [
+        (days.format("2560"), ['DEMOGRAPHIC.SUBJECT_ID = 2560, for "2560\'s"'])]
+    # A number the question does not say is no reading of it.
+    assert _mended(days.format("2561's"), values, [], "what was pt 2560's length of stay") == []
+
+
+def test_a_comparison_the_other_way_is_turned_as_the_question_says_strictly_and_not(values):
+    below = COUNT + ' WHERE DEMOGRAPHIC."AGE" < "75"'
+    question = "count pts aged 75 and up"
+    assert _mended(below, values, [], question) == [
+        (COUNT + ' WHERE DEMOGRAPHIC."AGE" > "75"', ['DEMOGRAPHIC.AGE > 75, as the question says "75 and up"']),
+        (COUNT + ' WHERE DEMOGRAPHIC."AGE" >= "75"', ['DEMOGRAPHIC.AGE >= 75, as the question says "75 and up"'])]
+
+
+def test_a_value_the_question_names_and_the_query_leaves_out_is_added(values):
+    from medsql.linking import Linker
+
+    question = "how many female medicare pts over 80?"
+    assert _mended(AGED, values, Linker(values).link(question), question) == [
+        (AGED + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"',
+         ['added DEMOGRAPHIC.INSURANCE = "Medicare" (the question\'s "medicare")'])]
+
+
+def test_only_mended_versions_that_qualify_are_offered(values):
+    # The type error has no number in it to read: mending the rest would still not qualify.
+    broken = DRUG.format("Furosemide Doses") + ' AND DEMOGRAPHIC."AGE" > "old"'
+    assert _mended(broken, values, [FUROSEMIDE], "how many old pts got furosemide") == []
+    # A qualifying candidate reads as itself: nothing to mend.
+    assert _mended(DRUG.format("Furosemide"), values, [FUROSEMIDE], "how many pts got furosemide") == []

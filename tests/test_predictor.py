@@ -380,15 +380,39 @@ def test_an_answer_that_leaves_out_what_the_question_names_is_uncertain_however_
     (folder / "medsql.json").write_text(json.dumps(meta | {"min_confidence": 0.0}))
     predictor = Predictor(folder)
     question = "how many female patients over 65 are on medicare?"
-    aged = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F" '
-            'AND DEMOGRAPHIC."AGE" > "65"')
-    dropped = predictor._answer(question, [(sql_to_compact(aged), -0.01)])
-    assert dropped.problems == ('the question names "medicare" (DEMOGRAPHIC.INSURANCE = Medicare), '
-                                'which the query leaves out',)
+    insured = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F" '
+               'AND DEMOGRAPHIC."INSURANCE" = "Medicare"')
+    dropped = predictor._answer(question, [(sql_to_compact(insured), -0.01)])  # a number: nothing to mend it with
+    assert dropped.problems == ('the question says "65", which the query leaves out',) and not dropped.mended
     assert dropped.uncertain and dropped.confidence > predictor.min_confidence  # above the threshold
-    whole = predictor._answer(question, [(sql_to_compact(aged + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"'), -0.01)])
+    whole = predictor._answer(question, [(sql_to_compact(insured + ' AND DEMOGRAPHIC."AGE" > "65"'), -0.01)])
     assert whole.grounded and not whole.uncertain
     # A value the database lacks is a doubt the confidence weighs, not a departure from the question.
     named = ('SELECT DEMOGRAPHIC."DAYS_STAY" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."NAME" = "Elizabeth Bateman"')
     unknown = predictor._answer("days of stay of elizabeth bateman?", [(sql_to_compact(named), -0.01)])
     assert not unknown.grounded and not unknown.uncertain
+
+
+def test_where_no_candidate_qualifies_a_mended_one_the_models_score_is_taken_and_says_what_changed(
+        tmp_path: Path, mimicsql_db: Path) -> None:
+    folder = untrained_model(tmp_path / "model", db=mimicsql_db)
+    predictor = Predictor(folder)
+    question = "how many female patients over 65 are on medicare?"
+    aged = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F" '
+            'AND DEMOGRAPHIC."AGE" < "65"')
+    answer = predictor._answer(question, [(sql_to_compact(aged), -0.01)])
+    added = 'added DEMOGRAPHIC.INSURANCE = "Medicare" (the question\'s "medicare")'
+    mended = {aged.replace("<", op) + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"': (
+        added, f'DEMOGRAPHIC.AGE {op} 65, as the question says "over 65"') for op in (">", ">=")}
+    assert answer.sql in mended and answer.mended == mended[answer.sql]
+    assert answer.grounded and answer.chosen == 1 and answer.top_sql == aged  # the model's own stays the top
+    # The models score each mended version by teacher forcing, and the better one is taken.
+    model, tokenizer = predictor.members[0]
+    text = predictor.model_inputs([question])
+    scores = dict(zip(mended, predictor._teacher_forced(model, tokenizer, text, [
+        [sql_to_compact(sql) for sql in mended]], 1)[0], strict=True))
+    assert answer.sql == max(scores, key=scores.get)
+    assert answer.as_dict()["mended"] == list(mended[answer.sql])
+    # Where a candidate qualifies, nothing is mended.
+    right = predictor._answer(question, [(sql_to_compact(next(iter(mended))), -0.01)])
+    assert right.mended == () and right.chosen == 0

@@ -347,12 +347,12 @@ class Demo:
               gold_sql: str | None) -> dict[str, Any]:
         """One model's panel: its SQL, how sure it is, pretty, read, run on the database, matched against the gold.
 
-        `confidence`, `uncertain`, `grounded` and `calibrated` are null, and `problems` and
+        `confidence`, `uncertain`, `grounded` and `calibrated` are null, and `problems`, `mended` and
         `alternatives` empty, for a model that gives plain SQL (no Answer).
         """
         out: dict[str, Any] = {
             "role": role, "model": None, "sql": None, "pretty": None, "explanation": None,
-            "confidence": None, "uncertain": None, "grounded": None, "problems": [], "alternatives": [],
+            "confidence": None, "uncertain": None, "grounded": None, "problems": [], "mended": [], "alternatives": [],
             "calibrated": None, "generation_ms": None, "queued_ms": None, "batch_size": None,
             "execution": None, "match": None, "error": None,
         }
@@ -392,7 +392,7 @@ def trust(answer: Answer) -> dict[str, Any]:
     """What a panel says about how far to trust an answer, and its next candidates (pretty and read)."""
     return {
         "confidence": answer.confidence, "uncertain": answer.uncertain, "grounded": answer.grounded,
-        "problems": list(answer.problems), "calibrated": answer.calibrated,
+        "problems": list(answer.problems), "mended": list(answer.mended), "calibrated": answer.calibrated,
         "alternatives": [{"sql": sql, "pretty": pretty(sql), "explanation": explain_sql(sql), "confidence": confidence}
                          for sql, confidence in answer.alternatives],
     }

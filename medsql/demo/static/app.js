@@ -79,7 +79,7 @@ function makePanels(roles) {
   }));
 }
 
-// How far to trust the answer: its confidence, an uncertain mark, why it is not grounded.
+// How far to trust the answer: its confidence, an uncertain mark, why it is not grounded, how it was mended.
 function trust(answer) {
   const box = el("div", "trust");
   const badge = el("span", "confidence", `confidence ${answer.confidence.toFixed(2)}`);
@@ -96,6 +96,13 @@ function trust(answer) {
     for (const problem of answer.problems.length ? answer.problems : ["no candidate qualified"]) list.append(el("li", null, problem));
     problems.append(list);
     box.append(problems);
+  }
+  if (answer.mended && answer.mended.length) {
+    const mended = el("div", "mended", el("strong", null, "Mended from the model's own candidate:"));
+    const list = el("ul");
+    for (const change of answer.mended) list.append(el("li", null, change));
+    mended.append(list);
+    box.append(mended);
   }
   return box;
 }
