@@ -41,7 +41,7 @@ from medsql import grounding, paths
 from medsql.confidence import Answer, Calibration, features, uncalibrated
 from medsql.evaluation.recovery import ValueIndex
 from medsql.linking import Link, Linker, input_linker, linked_input
-from medsql.sqlform import FormError, Query, parse_compact, render_sql
+from medsql.sqlform import FormError, Query, parse_compact, parse_sql, render_sql, to_compact
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, model_input, normalise_question
 
 __all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorError", "QuestionError", "check_beams"]
@@ -50,7 +50,7 @@ __all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorE
 # search costs memory and time in proportion, and past a handful of beams answers stop improving.
 MAX_BEAMS = 16
 ALTERNATIVES = 2  # next candidates an answer carries beside its SQL
-MENDED_CANDIDATES = 2  # where no candidate is grounded, the top ones mended (medsql.grounding.mended)
+MENDED_CANDIDATES = 2  # the candidates above the first grounded one (all: none is) mended, at most this many
 # The ensemble_agreement of a folder from before it was recorded: every member runs its beam search,
 # as that folder was evaluated.
 ALWAYS_SEARCH = 1.0
@@ -440,8 +440,6 @@ class Predictor:
         """The mended versions (medsql.grounding.mended) of the candidates' SQL `mending` that none of
         `recovered` (every candidate's SQL) reads as: (output, the members' mean log-probability a
         token of it by teacher forcing, its SQL, what mending changed), one per distinct SQL."""
-        from medsql.sqlform import parse_sql, to_compact
-
         known = set(recovered)
         versions: dict[str, tuple[str, tuple[str, ...]]] = {}  # output -> (SQL, changes)
         for sql in mending:
