@@ -444,15 +444,17 @@ class Predictor:
         versions: dict[str, tuple[str, tuple[str, ...]]] = {}  # output -> (SQL, changes)
         for sql in mending:
             try:
-                query = parse_sql(sql)
+                found = grounding.mended(parse_sql(sql), self.values, links, question)
             except FormError:
                 continue
-            for version, change in grounding.mended(query, self.values, links, question):
-                output = to_compact(version) if self.meta["target_form"] == "compact" else render_sql(version)
-                mended_sql = self.to_sql(output, question)
-                if mended_sql not in known:
-                    known.add(mended_sql)
-                    versions[output] = (mended_sql, tuple(change))
+            if found is None:
+                continue
+            version, change = found
+            output = to_compact(version) if self.meta["target_form"] == "compact" else render_sql(version)
+            mended_sql = self.to_sql(output, question)
+            if mended_sql not in known:
+                known.add(mended_sql)
+                versions[output] = (mended_sql, tuple(change))
         if not versions:
             return []
         text, outputs = self.model_inputs([question]), [list(versions)]

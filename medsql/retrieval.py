@@ -8,8 +8,8 @@ A meaningful yardstick for a model trained from scratch (whose zero-shot self wr
    and the training question closest to it (TF-IDF over words and word pairs, cosine) is taken.
 3. Its SQL keeps its shape; each text literal takes the linked value of the same column (or of
    another text column of the same table, which then replaces the column), and each numeric literal the
-   question's numbers in order, compared the way the question bounds it ("over 65": >, whatever
-   the neighbour's operator; medsql.grounding.stated_comparison). A literal with nothing to take
+   question's numbers in order, compared the way the question bounds it ("over 65": >, "65 or
+   older": >=, whatever the neighbour's operator; medsql.grounding.stated_operator). A literal with nothing to take
    stays as the neighbour had it, and the answer is then ungrounded.
 
 The answer's confidence is the cosine similarity of the neighbour (uncalibrated), lowered by half
@@ -37,9 +37,6 @@ NAME = "retrieval-tfidf"
 RERANK = 20         # closest training questions whose fit with the question's values is compared
 FIT_PENALTY = 0.2  # cosine given up per condition the question cannot fill (or value it leaves unused)
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
-_TURNED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}  # a bound the other way, as inclusive as it was
-
-
 def _mask(question: str, spans: list[tuple[str, str]]) -> list[str]:
     """The question's words, each linked span replaced by its column's token and numbers by <number>."""
     text = f" {normalised(question)} "
@@ -163,8 +160,8 @@ class RetrievalBaseline:
                 value = numbers.pop(0) if numbers else cond.value
                 if value.isdigit() and cond.value.endswith(".0"):
                     value += ".0"  # the dataset writes years of death as "2164.0"
-                stated = grounding.bound_against(question, cond.op, value)
-                op = cond.op if stated is None else _TURNED.get(cond.op, stated[0])  # "over 65" for "under 50"
+                stated = grounding.stated_operator(question, value)
+                op = cond.op if stated is None else stated[0]  # "over 65" for the neighbour's "under 50"
                 conditions.append(Condition(cond.table, cond.column, op, value))
                 continue
             same = [k for k in unused if (k.table, k.column) == (cond.table, cond.column)]

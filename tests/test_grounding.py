@@ -185,7 +185,7 @@ def _mended(sql: str, values: ValueIndex, links: list[Link], question: str) -> l
     from medsql.sqlform import render_sql
 
     found = grounding.mended(parse_sql(sql), values, links, question)
-    return [(render_sql(query), changes) for query, changes in found]
+    return [] if found is None else [(render_sql(found[0]), found[1])]
 
 
 FUROSEMIDE = Link("PRESCRIPTIONS", "DRUG", "Furosemide", "furosemide", 100.0, "exact")
@@ -228,12 +228,22 @@ def test_an_identifier_written_with_the_words_after_it_is_mended_to_the_number_t
     assert _mended(days.format("2561's"), values, [], "what was pt 2560's length of stay") == []
 
 
-def test_a_comparison_the_other_way_is_turned_as_the_question_says_strictly_and_not(values):
+def test_a_comparison_the_other_way_is_turned_as_the_question_says_it(values):
     below = COUNT + ' WHERE DEMOGRAPHIC."AGE" < "75"'
-    question = "count pts aged 75 and up"
-    assert _mended(below, values, [], question) == [
-        (COUNT + ' WHERE DEMOGRAPHIC."AGE" > "75"', ['DEMOGRAPHIC.AGE > 75, as the question says "75 and up"']),
+    assert _mended(below, values, [], "count pts aged 75 and up") == [
         (COUNT + ' WHERE DEMOGRAPHIC."AGE" >= "75"', ['DEMOGRAPHIC.AGE >= 75, as the question says "75 and up"'])]
+    assert _mended(below, values, [], "count pts over 75") == [
+        (COUNT + ' WHERE DEMOGRAPHIC."AGE" > "75"', ['DEMOGRAPHIC.AGE > 75, as the question says "over 75"'])]
+
+
+@pytest.mark.parametrize("question, number, operator", [
+    ("pts over 65", "65", ">"), ("pts 65 or older", "65", ">="), ("pts aged 75 and up", "75", ">="),
+    ("at least 65 years old", "65", ">="), ("under 65", "65", "<"), ("stayed no more than 3 days", "3", "<="),
+    ("year of death is less than or equal to 2131", "2131", "<="), ("born after 2100", "2100", ">"),
+    ("aged 65", "65", None)])
+def test_the_operator_a_question_states_for_a_number_takes_the_number_itself_or_not(question, number, operator):
+    stated = grounding.stated_operator(question, number)
+    assert (stated and stated[0]) == operator
 
 
 def test_a_value_the_question_names_and_the_query_leaves_out_is_added(values):

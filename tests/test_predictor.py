@@ -401,18 +401,23 @@ def test_where_no_candidate_qualifies_a_mended_one_the_models_score_is_taken_and
     aged = ('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."GENDER" = "F" '
             'AND DEMOGRAPHIC."AGE" < "65"')
     answer = predictor._answer(question, [(sql_to_compact(aged), -0.01)])
-    added = 'added DEMOGRAPHIC.INSURANCE = "Medicare" (the question\'s "medicare")'
-    mended = {aged.replace("<", op) + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"': (
-        added, f'DEMOGRAPHIC.AGE {op} 65, as the question says "over 65"') for op in (">", ">=")}
-    assert answer.sql in mended and answer.mended == mended[answer.sql]
+    mended = aged.replace("<", ">") + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"'
+    assert answer.sql == mended and answer.mended == (
+        'added DEMOGRAPHIC.INSURANCE = "Medicare" (the question\'s "medicare")',
+        'DEMOGRAPHIC.AGE > 65, as the question says "over 65"')
     assert answer.grounded and answer.chosen == 1 and answer.top_sql == aged  # the model's own stays the top
-    # The models score each mended version by teacher forcing, and the better one is taken.
+    assert answer.as_dict()["mended"] == list(answer.mended)
+    # The models score the mended version by teacher forcing; that score is its confidence's.
     model, tokenizer = predictor.members[0]
-    text = predictor.model_inputs([question])
-    scores = dict(zip(mended, predictor._teacher_forced(model, tokenizer, text, [
-        [sql_to_compact(sql) for sql in mended]], 1)[0], strict=True))
-    assert answer.sql == max(scores, key=scores.get)
-    assert answer.as_dict()["mended"] == list(mended[answer.sql])
+    forced = predictor._teacher_forced(model, tokenizer, predictor.model_inputs([question]),
+                                       [[sql_to_compact(mended)]], 1)[0][0]
+    assert answer.features["logprob"] == pytest.approx(forced, abs=1e-4)
+    # A grounded candidate the models score above it is taken instead; below it, the mended one is.
+    other = aged.replace("<", ">=") + ' AND DEMOGRAPHIC."INSURANCE" = "Medicare"'
+    assert predictor._answer(question, [(sql_to_compact(aged), -0.01), (sql_to_compact(other), forced + 1)]
+                             ).sql == other
+    assert predictor._answer(question, [(sql_to_compact(aged), -0.01), (sql_to_compact(other), forced - 1)]
+                             ).sql == mended
     # Where a candidate qualifies, nothing is mended.
-    right = predictor._answer(question, [(sql_to_compact(next(iter(mended))), -0.01)])
+    right = predictor._answer(question, [(sql_to_compact(mended), -0.01)])
     assert right.mended == () and right.chosen == 0
