@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-pretty", dest="pretty", action="store_false", help="print the raw SQL line")
     ask.add_argument("--json", action="store_true",
                      help="print the answer as JSON: sql, confidence, uncertain, grounded, problems, "
-                          "alternatives, explanation, ...")
+                          "mended, alternatives, explanation, ...")
     ask.set_defaults(func=_ask)
 
     promote = sub.add_parser(

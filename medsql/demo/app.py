@@ -8,11 +8,11 @@ For a question, each role answers, in this order on the page:
   embedded profile it writes noise, and it costs most of the serving time.
 Each answer comes with how far to trust it (medsql.confidence.Answer): its confidence, whether it
 is uncertain (below the model's min_confidence, or the SQL departs from the question; the page
-then shows the next candidates), and
-whether it is grounded (and if not, why). Each query is pretty-printed, read in plain English,
-run through the guarded read-only executor on the MIMICSQL database, and timed. When the
-question is one of the dataset's, the gold SQL is shown too, with whether each prediction
-matches it (exact string, logic form, execution on the test suite of databases).
+then shows the next candidates), and whether it is grounded (and if not, why; or what grounded
+decoding mended). Each query is pretty-printed, read in plain English, run through the guarded
+read-only executor on the MIMICSQL database, and timed. When the question is one of the dataset's,
+the gold SQL is shown too, with whether each prediction matches it (exact string, logic form,
+execution on the test suite of databases).
 
 Serving goes through medsql.batching: concurrent questions are answered in shared generation
 calls (one per model), at most `ServeLimits.max_in_flight` questions are answered at a time
