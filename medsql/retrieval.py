@@ -9,8 +9,8 @@ A meaningful yardstick for a model trained from scratch (whose zero-shot self wr
 3. Its SQL keeps its shape; each text literal takes the linked value of the same column (or of
    another text column of the same table, which then replaces the column), and each numeric literal the
    question's numbers in order, compared the way the question bounds it ("over 65": >, "65 or
-   older": >=, whatever the neighbour's operator; medsql.grounding.stated_operator). A literal with nothing to take
-   stays as the neighbour had it, and the answer is then ungrounded.
+   older": >=, whatever the neighbour's operator; medsql.grounding.stated_operator). A literal
+   with nothing to take stays as the neighbour had it, and the answer is then ungrounded.
 
 The answer's confidence is the cosine similarity of the neighbour (uncalibrated), lowered by half
 when the answer is not grounded.
@@ -37,6 +37,8 @@ NAME = "retrieval-tfidf"
 RERANK = 20         # closest training questions whose fit with the question's values is compared
 FIT_PENALTY = 0.2  # cosine given up per condition the question cannot fill (or value it leaves unused)
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+
+
 def _mask(question: str, spans: list[tuple[str, str]]) -> list[str]:
     """The question's words, each linked span replaced by its column's token and numbers by <number>."""
     text = f" {normalised(question)} "
