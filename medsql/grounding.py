@@ -127,9 +127,11 @@ def stated_operator(question: str, number: str) -> tuple[str, str] | None:
     """(the operator, the question's words) its bound on `number` means: (">", "over 65"), (">=", "65
     or older"), ("<=", "no more than 3"); None where it states no bound (`stated_comparison`)."""
     stated = stated_comparison(question, number)
-    if stated is None:
-        return None
-    way, words = stated
+    return None if stated is None else _operator(*stated)
+
+
+def _operator(way: str, words: str) -> tuple[str, str]:
+    """(the operator, the words) of a bound `stated_comparison` read: inclusive where a cue says so."""
     return (way + "=" if any(f" {cue} " in f" {words} " for cue in INCLUSIVE) else way), words
 
 
@@ -192,7 +194,7 @@ def query_problems(query: Query, values: ValueIndex | None, links: Iterable[Link
 def database_problems(query: Query, values: ValueIndex | None, links: Iterable[Link] = ()) -> list[str]:
     """A column asked for twice or set equal to two values, a type error, a literal its column lacks
     (and the linker did not propose)."""
-    proposed = {(link.table, link.column, link.value.lower()) for link in links}
+    proposed = _proposed(links)
     found = [f"selects {item[1]}.{item[2]} twice" for item, n in Counter(query.select).items() if n > 1]
     equal: dict[str, dict[str, str]] = {}  # TABLE.COLUMN -> the values it is set equal to, by lower case
     for cond in query.conditions:
@@ -201,17 +203,28 @@ def database_problems(query: Query, values: ValueIndex | None, links: Iterable[L
     found += [f"{name} cannot be both " + " and ".join(f'"{v}"' for v in said.values())
               for name, said in equal.items() if len(said) > 1]
     for cond in query.conditions:
-        name = f"{cond.table}.{cond.column}"
-        if is_numeric(cond.table, cond.column):
-            if not is_number(cond.value):
-                found.append(f'{name} is a number, compared with text "{cond.value}"')
-            continue
-        if is_identifier(cond.table, cond.column) and not cond.value.strip().isdigit():
-            found.append(f'{name} is an identifier (a whole number), compared with "{cond.value}"')
-            continue
-        if _unknown(cond, values, proposed):
-            found.append(f'"{cond.value}" is not a value of {name}')
+        mistyped = _type_error(cond)
+        if mistyped is not None:
+            found.append(mistyped)
+        elif _unknown(cond, values, proposed):
+            found.append(f'"{cond.value}" is not a value of {cond.table}.{cond.column}')
     return found
+
+
+def _proposed(links: Iterable[Link]) -> set[tuple[str, str, str]]:
+    """The values the linker proposed: (table, column, lower-case value)."""
+    return {(link.table, link.column, link.value.lower()) for link in links}
+
+
+def _type_error(cond: Condition) -> str | None:
+    """Why `cond` compares its column with the wrong type: text with a numeric column (AGE, DAYS_STAY,
+    years), anything but a whole number with an identifier (SUBJECT_ID, ITEMID, ...); None if neither."""
+    name = f"{cond.table}.{cond.column}"
+    if is_numeric(cond.table, cond.column) and not is_number(cond.value):
+        return f'{name} is a number, compared with text "{cond.value}"'
+    if is_identifier(cond.table, cond.column) and not cond.value.strip().isdigit():
+        return f'{name} is an identifier (a whole number), compared with "{cond.value}"'
+    return None
 
 
 def _unknown(cond: Condition, values: ValueIndex | None, proposed: set[tuple[str, str, str]]) -> bool:
@@ -268,7 +281,6 @@ def first_grounded(found: Sequence[list[str]]) -> tuple[int, list[str]]:
     return 0, (list(found[0]) if found else ["no candidate"])
 
 
-
 _LEADING_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
@@ -293,14 +305,13 @@ def mended(query: Query, values: ValueIndex | None, links: Iterable[Link], quest
     The Predictor scores the mended query with its models (teacher forcing) and ranks it among the
     beam's candidates: the models, not this function, decide whether it is the answer."""
     links = list(links)
-    proposed = {(k.table, k.column, k.value.lower()) for k in links}
+    proposed = _proposed(links)
     said = set(_WORD.findall(question.lower()))
     changes: list[str] = []
     conditions: list[Condition] = []
     for at, cond in enumerate(query.conditions):
         name = f"{cond.table}.{cond.column}"
-        if is_numeric(cond.table, cond.column) and not is_number(cond.value) or (
-                is_identifier(cond.table, cond.column) and not cond.value.strip().isdigit()):
+        if _type_error(cond) is not None:
             number = _LEADING_NUMBER.match(cond.value.strip())
             if number and number[0] in said:
                 conditions.append(Condition(cond.table, cond.column, cond.op, number[0]))
@@ -326,8 +337,9 @@ def mended(query: Query, values: ValueIndex | None, links: Iterable[Link], quest
     conditions += [Condition(k.table, k.column, "=", k.value) for k in added]
     changes += [f'added {k.table}.{k.column} = "{k.value}" (the question\'s "{k.span}")' for k in added]
     for at, cond in enumerate(conditions):
-        if bound_against(question, cond.op, cond.value) is not None:
-            op, words = stated_operator(question, cond.value)
+        against = bound_against(question, cond.op, cond.value)
+        if against is not None:
+            op, words = _operator(*against)
             conditions[at] = Condition(cond.table, cond.column, op, cond.value)
             changes.append(f'{cond.table}.{cond.column} {op} {cond.value}, as the question says "{words}"')
     version = Query(list(query.select), list(dict.fromkeys(conditions)))

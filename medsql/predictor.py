@@ -400,12 +400,13 @@ class Predictor:
                                  recovered, links)
             if mends:
                 # The top candidate stays first (what plain decoding answers); the rest rank by score.
-                pairs = list(zip(candidates, recovered, strict=True))
-                pairs[1:] = sorted(pairs[1:] + [((output, score), sql) for output, score, sql, _ in mends],
-                                   key=lambda pair: -pair[0][1])
-                candidates, recovered = [c for c, _ in pairs], [sql for _, sql in pairs]
+                # Only the mended SQL is checked: the candidates' problems are known.
+                checked = [((output, score), sql, grounding.problems(sql, self.values, links, question))
+                           for output, score, sql, _ in mends]
+                rows = list(zip(candidates, recovered, found, strict=True))
+                rows[1:] = sorted(rows[1:] + checked, key=lambda row: -row[0][1])
+                candidates, recovered, found = ([row[i] for row in rows] for i in range(3))
                 changes = {sql: change for _, _, sql, change in mends}
-                found = grounding.check(recovered, self.values, links, question)
                 chosen, problems = grounding.first_grounded(found)
         grounded = {sql: not problems_of for sql, problems_of in zip(recovered, found, strict=True)}
         # Candidates that read the same once recovered are one answer: the next distinct one is the rival.
