@@ -22,37 +22,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _number_arg(text: str, kind: type, low: float, high: float | None, what: str, unit: str = "") -> int | float:
+    """An option's value as `kind`, from `low` to `high` (None: no upper end); else argparse's error."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < low or high is not None and value > high:
+        allowed = f"from {low} to {high}{unit}" if high is not None else f"{low}{unit} or more"
+        raise argparse.ArgumentTypeError(f"{value} is out of range: {allowed}")
+    return value
+
+
 def beams_arg(text: str) -> int:
     """--beams: a whole number from 1 to medsql.predictor.MAX_BEAMS."""
     from medsql.predictor import MAX_BEAMS
 
-    try:
-        beams = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (1 to {MAX_BEAMS})") from None
-    if not 1 <= beams <= MAX_BEAMS:
-        raise argparse.ArgumentTypeError(f"{beams} is out of range: beams go from 1 to {MAX_BEAMS}")
-    return beams
+    return int(_number_arg(text, int, 1, MAX_BEAMS, f"a whole number (1 to {MAX_BEAMS})"))
 
 
 def positive_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+    return int(_number_arg(text, int, 1, None, "a whole number"))
 
 
 def window_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0 <= value <= 5000:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 5000 ms")
-    return value
+    """A batching window: milliseconds, 0 to 5000."""
+    return float(_number_arg(text, float, 0, 5000, "a number of milliseconds", " ms"))
 
 
 def _ask(args: argparse.Namespace) -> int:

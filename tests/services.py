@@ -75,6 +75,15 @@ def answers(url: str) -> bool:
         return False
 
 
+def answers_ok(url: str) -> bool:
+    """Whether `url` answers 200 (a server still loading may answer, with another status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status == 200
+    except OSError:  # refused, or an HTTP error status
+        return False
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)

@@ -15,14 +15,12 @@ import configparser
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-import requests
-from services import free_port
+from services import answers_ok, free_port, wait_for
 
 from medsql.predictor import Predictor, PredictorError
 from medsql.registry import CHAMPION, promote_command, register_and_gate
@@ -68,16 +66,7 @@ def auth_server(tmp_path, monkeypatch):
              "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
+        wait_for("mlflow server", lambda: answers_ok(f"{url}/health"), log_path, 180, lambda: server.poll() is None)
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME_FILE",
                      "MLFLOW_TRACKING_PASSWORD_FILE", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(name, raising=False)

@@ -16,12 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
-from services import free_port
+from services import answers_ok, free_port, wait_for
 from test_predictor import untrained_model
 
 from medsql.registry import CHAMPION, register_and_gate
@@ -33,20 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 NAME = "medsql"  # params.yaml register.model_name: what `models:/medsql@champion` names
 QUESTIONS = ["how many patients are over 65?", "how many female patients were admitted in an emergency?"]
 
-
-
-def wait_until_serving(server: subprocess.Popen, url: str, log_path: Path, limit_s: float = 300) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow models serve exited ({server.returncode}):\n{log_path.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/ping", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"mlflow models serve did not answer /ping within {limit_s} s:\n{log_path.read_text()[-4000:]}")
 
 
 def answer_signature(num_beams: int):
@@ -98,7 +83,7 @@ def served_champion(tiny_project, tmp_path):
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until_serving(server, url, log_path)
+        wait_for("mlflow models serve", lambda: answers_ok(f"{url}/ping"), log_path, 300, lambda: server.poll() is None)
         yield url, model_dir
     finally:
         if server.poll() is None:
