@@ -14,15 +14,18 @@ A candidate qualifies when it is
 - complete: every value the question names word for word or through the lexicon (the linker's
   exact and lexicon links, not its fuzzy guesses) is used: as a literal, in a literal's words, or by
   a condition on or a selection of its column (`left_out`); so is every number it says
-  (`numbers_left_out`). A small model drops a condition it was told ("female medicare pts over 80"
-  without the insurance, or without the age), and such an answer looks as sure as a right one
-  unless something says what it left out.
+  (`numbers_left_out`), and every column it asks about by name ("the drug code and the dose":
+  `columns_left_out`) is listed or compared. A small model drops a condition it was told ("female
+  medicare pts over 80" without the insurance, or without the age), or lists another column than
+  the one asked for, and such an answer looks as sure as a right one unless something says what it
+  left out.
 
 The Predictor checks each candidate once (`check`) and takes the best-scoring one that qualifies
 (`first_grounded`), and says so when none does. Where the top candidates do not qualify, it also
 scores their `mended` versions (a literal trimmed to the value the question names or moved to its
-column, a comparison turned the way the question says, a value the question names added) with its
-models, ranks them among the candidates, and an answer taken from one says what was changed.
+column, a comparison turned the way the question says, a value or a column the question names
+added) with its models, ranks them among the candidates, and an answer taken from one says what
+was changed.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from medsql.evaluation.recovery import ValueIndex, recoverable
 from medsql.linking import Link, normalised, within
 from medsql.schema import is_identifier, is_numeric
-from medsql.sqlform import Condition, FormError, Query, parse_sql, render_sql
+from medsql.sqlform import Condition, FormError, Query, in_schema_order, parse_sql, render_sql
 from medsql.text import is_number
 
 # Besides the free-text columns: a patient's name must be one the database knows.
@@ -73,6 +76,43 @@ _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
 # 2150", "year of death") may ask when (DOD, DOD_YEAR) as well as whether (EXPIRE_FLAG, DISCHARGE_LOCATION).
 _DEATH = frozenset(("DEMOGRAPHIC", c) for c in ("DOD", "DOD_YEAR", "EXPIRE_FLAG", "DISCHARGE_LOCATION"))
 USED_BY = {("DEMOGRAPHIC", "EXPIRE_FLAG"): _DEATH}
+# How questions name the columns they ask about. Said in a training question, each phrase means its
+# column is selected or compared in the gold query: for all but 2 of the training split's 4,110
+# questions (both slips of the dataset: a procedure's title asked as "the diagnosis short title").
+# Left out: "type" and "fluid" alone (in "emergency type", "glucose, body fluid"), and "icd9 code",
+# which the dataset answers with a title as often as with the code. TITLES: a dictionary title, of the
+# diagnoses or the procedures as the question's words or the query's tables say (`_titled`).
+TITLES = "TITLES"
+COLUMN_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("DEMOGRAPHIC", "MARITAL_STATUS"): ("marital status",),
+    ("DEMOGRAPHIC", "DOB"): ("date of birth", "birth date", "dob"),
+    ("DEMOGRAPHIC", "GENDER"): ("gender", "sex"),
+    ("DEMOGRAPHIC", "LANGUAGE"): ("language",),
+    ("DEMOGRAPHIC", "RELIGION"): ("religion",),
+    ("DEMOGRAPHIC", "ADMISSION_TYPE"): ("admission type", "type of admission"),
+    ("DEMOGRAPHIC", "DAYS_STAY"): ("days of hospital stay", "hospital stay", "days stay", "length of stay",
+                                   "duration of stay"),
+    ("DEMOGRAPHIC", "INSURANCE"): ("insurance",),
+    ("DEMOGRAPHIC", "ETHNICITY"): ("ethnicity", "ethnic background"),
+    ("DEMOGRAPHIC", "EXPIRE_FLAG"): ("death status", "expire flag"),
+    ("DEMOGRAPHIC", "ADMISSION_LOCATION"): ("admission location", "admission place"),
+    ("DEMOGRAPHIC", "DISCHARGE_LOCATION"): ("discharge location", "discharge place"),
+    ("DEMOGRAPHIC", "DIAGNOSIS"): ("primary disease", "primary diagnosis"),
+    ("DEMOGRAPHIC", "DOD"): ("date of death", "death date", "dod"),
+    ("DEMOGRAPHIC", "ADMITTIME"): ("admission time", "admit time", "time of admission"),
+    ("DEMOGRAPHIC", "DISCHTIME"): ("discharge time", "time of discharge"),
+    (TITLES, "SHORT_TITLE"): ("short title",),
+    (TITLES, "LONG_TITLE"): ("long title",),
+    ("PRESCRIPTIONS", "ICUSTAY_ID"): ("icu stay id", "icustay id"),
+    ("PRESCRIPTIONS", "DRUG_TYPE"): ("drug type", "type of drug"),
+    ("PRESCRIPTIONS", "FORMULARY_DRUG_CD"): ("drug code", "formulary drug code", "formulary code"),
+    ("PRESCRIPTIONS", "ROUTE"): ("route", "route of administration"),
+    ("PRESCRIPTIONS", "DRUG_DOSE"): ("dose", "dosage", "drug dose"),
+    ("LAB", "ITEMID"): ("item id", "itemid"),
+    ("LAB", "CHARTTIME"): ("chart time", "charttime"),
+    ("LAB", "CATEGORY"): ("category",),
+}
+_TITLE_TABLES = {"DIAGNOSES": ("diagnosis", "diagnoses", "diagnosed"), "PROCEDURES": ("procedure", "procedures")}
 
 
 def _cues(table: dict[str, tuple[str, ...]]) -> list[tuple[tuple[str, ...], str]]:
@@ -164,6 +204,54 @@ def left_out(query: Query, links: Iterable[Link]) -> list[Link]:
             if span not in found and not any(within(span, other) for other in found)]
 
 
+def _titled(question: str, query: Query) -> str | None:
+    """Whose title a question means: the diagnoses or the procedures, as its words say (or else the
+    query's one dictionary table); None where neither says."""
+    said = [t for t, words in _TITLE_TABLES.items() if any(within(w, question) for w in words)]
+    if len(said) != 1:
+        said = [t for t in _TITLE_TABLES if t in query.tables] if not said else []
+    return said[0] if len(said) == 1 else None
+
+
+def columns_named(question: str, query: Query) -> list[tuple[str | None, str, str]]:
+    """The columns the question names (`COLUMN_NAMES`), in its order: (TABLE, COLUMN, its words); the
+    TABLE of a title is None where neither the question nor the query says whose (`_titled`)."""
+    text = normalised(question)
+    found = []
+    for (table, column), phrases in COLUMN_NAMES.items():
+        said = [p for p in phrases if within(p, text)]
+        if said:
+            found.append((_titled(text, query) if table == TITLES else table, column, said[0]))
+    return sorted(found, key=lambda item: text.find(item[2]))
+
+
+def columns_left_out(query: Query, question: str) -> list[tuple[str | None, str, str]]:
+    """The columns the question names (`columns_named`) that the query neither selects nor compares; a
+    title whose table neither the question nor the query says, only where the query uses no such title."""
+    used = {(c.table, c.column) for c in query.conditions} | {(t, c) for _, t, c in query.select}
+    return [(table, column, words) for table, column, words in columns_named(question, query)
+            if not (used & USED_BY.get((table, column), {(table, column)}) if table
+                    else any(c == column for _, c in used))]
+
+
+def _unasked(query: Query, question: str) -> list[int]:
+    """Which of the query's selected columns the question does not ask for: no phrase of `COLUMN_NAMES`
+    names it, nor (for a column without one: NAME, AGE, DRUG, ...) a word of its name outside those
+    phrases."""
+    named = columns_named(question, query)
+    rest = normalised(question)
+    for _, _, words in named:
+        rest = f" {rest} ".replace(f" {words} ", " ")
+    asked = {(table, column) for table, column, _ in named}
+
+    def unasked(table: str, column: str) -> bool:
+        if (table, column) in COLUMN_NAMES or table in _TITLE_TABLES and (TITLES, column) in COLUMN_NAMES:
+            return not asked & {(table, column), (None, column)}
+        return not any(within(word, rest) for word in column.lower().split("_") if word != "id")
+
+    return [at for at, (_, table, column) in enumerate(query.select) if unasked(table, column)]
+
+
 def numbers_left_out(query: Query, question: str, links: Iterable[Link] = ()) -> list[str]:
     """The question's numbers that no condition's literal holds (as a whole word: "2138" in
     "2138.0", "16" in "2120-04-16"), but for those within a value it names ("type 2 diabetes")."""
@@ -250,6 +338,8 @@ def departures(query: Query, links: Iterable[Link], question: str | None) -> lis
     found += [f'the question names "{k.span}" ({k.table}.{k.column} = {k.value}), which the query leaves out'
               for k in left_out(query, links)]
     if question:
+        found += [f'the question asks about the {words}' + (f" ({table}.{column})" if table else "")
+                  + ", which the query leaves out" for table, column, words in columns_left_out(query, question)]
         found += [f'the question says "{number}", which the query leaves out'
                   for number in numbers_left_out(query, question, links)]
     return found
@@ -301,7 +391,10 @@ def mended(query: Query, values: ValueIndex | None, links: Iterable[Link], quest
       ("10098's") is compared with that number,
     - a number compared the other way than the question bounds it is compared as the question says
       (`stated_operator`: "over 65" >, "65 and up" >=),
-    - a value the question names that the query leaves out (`left_out`) is added as a condition.
+    - a value the question names that the query leaves out (`left_out`) is added as a condition,
+    - a column the question asks about (`columns_left_out`: "the drug code and the dose") that a query
+      listing columns leaves out takes the place of a column it lists twice or that the question does
+      not ask for (`_unasked`), or joins them; a column still listed twice is listed once.
     The Predictor scores the mended query with its models (teacher forcing) and ranks it among the
     beam's candidates: the models, not this function, decide whether it is the answer."""
     links = list(links)
@@ -342,7 +435,29 @@ def mended(query: Query, values: ValueIndex | None, links: Iterable[Link], quest
             op, words = _operator(*against)
             conditions[at] = Condition(cond.table, cond.column, op, cond.value)
             changes.append(f'{cond.table}.{cond.column} {op} {cond.value}, as the question says "{words}"')
-    version = Query(list(query.select), list(dict.fromkeys(conditions)))
+    select = list(query.select)
+    text = normalised(question)
+    for table, column, words in columns_left_out(Query(select, conditions), question):
+        # A column asked about, not a condition said of it ("whose insurance is ..."), by a query that
+        # lists columns (not one that counts or aggregates).
+        if table is None or any(agg for agg, _, _ in select) or any(
+                within(f"{words} {verb}", text) for verb in ("is", "was", "are", "were")):
+            continue
+        # A column listed twice leaves a place first; then one the question does not ask for.
+        twice = [at for at, item in enumerate(select) if item in select[:at]]
+        spare = twice + _unasked(Query(select, conditions), question)
+        if spare:
+            _, was_table, was_column = select[spare[0]]
+            select[spare[0]] = (None, table, column)
+            changes.append(f'selected {table}.{column} (the question\'s "{words}") for {was_table}.{was_column}')
+        else:
+            select.append((None, table, column))
+            changes.append(f'selected {table}.{column} too (the question\'s "{words}")')
+    if len(set(select)) < len(select):
+        changes += [f"listed {table}.{column} once" for item, n in Counter(select).items() if n > 1
+                    for _, table, column in [item]]
+        select = list(dict.fromkeys(select))
+    version = in_schema_order(Query(select, list(dict.fromkeys(conditions))))
     if render_sql(version) == render_sql(query) or query_problems(version, values, links, question):
         return None
     return version, changes

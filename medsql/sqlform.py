@@ -131,6 +131,15 @@ def parse_sql(sql: str) -> Query:
     return query
 
 
+def in_schema_order(query: Query) -> Query:
+    """The query with its columns (a select of plain columns, two or more) in the schema's order, tables
+    first, as every such query of the dataset lists them (all 549 of the training split's)."""
+    if len(query.select) < 2 or any(agg for agg, _, _ in query.select):
+        return query
+    ordered = sorted(query.select, key=lambda item: (TABLE_ORDER.index(item[1]), TABLES[item[1]].index(item[2])))
+    return query if ordered == query.select else Query(ordered, list(query.conditions))
+
+
 def _from_clause(tables: list[str]) -> str:
     base, *others = tables
     return " ".join([base] + [f"INNER JOIN {t} on {base}.HADM_ID = {t}.HADM_ID" for t in others])

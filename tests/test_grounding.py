@@ -261,3 +261,66 @@ def test_only_mended_versions_that_qualify_are_offered(values):
     assert _mended(broken, values, [FUROSEMIDE], "how many old pts got furosemide") == []
     # A qualifying candidate reads as itself: nothing to mend.
     assert _mended(DRUG.format("Furosemide"), values, [FUROSEMIDE], "how many pts got furosemide") == []
+
+
+def listing(*columns: str) -> str:
+    """The SQL of a query listing TABLE.COLUMNs of subject 24425."""
+    from medsql.sqlform import render_sql
+
+    return render_sql(Query([(None, *c.split(".")) for c in columns],
+                            [Condition("PROCEDURES", "SUBJECT_ID", "=", "24425")]))
+
+
+def test_a_query_that_leaves_out_a_column_the_question_asks_about_does_not_qualify(values):
+    question = "what is procedure short title and drug code of subject id 24425?"
+    wrong = parse_sql(listing("PROCEDURES.SHORT_TITLE", "PROCEDURES.LONG_TITLE"))
+    assert grounding.columns_left_out(wrong, question) == [("PRESCRIPTIONS", "FORMULARY_DRUG_CD", "drug code")]
+    assert grounding.problems(listing("PROCEDURES.SHORT_TITLE", "PROCEDURES.LONG_TITLE"), values, [], question) == [
+        'the question asks about the drug code (PRESCRIPTIONS.FORMULARY_DRUG_CD), which the query leaves out']
+    right = listing("PROCEDURES.SHORT_TITLE", "PRESCRIPTIONS.FORMULARY_DRUG_CD")
+    assert grounding.problems(right, values, [], question) == []
+    # A column compared is used as well as one listed; a title is the diagnoses' or the procedures' as
+    # the question says, or else as the query's one dictionary table.
+    compared = parse_sql(DRUG.format("Furosemide"))
+    assert grounding.columns_left_out(compared, "how many patients with drug name furosemide by route iv?") == [
+        ("PRESCRIPTIONS", "ROUTE", "route")]
+    titles = parse_sql('SELECT DIAGNOSES."LONG_TITLE" FROM DIAGNOSES WHERE DIAGNOSES."SUBJECT_ID" = "1"')
+    assert grounding.columns_left_out(titles, "what is the long title of subject id 1?") == []
+    assert grounding.columns_left_out(titles, "what is the procedure long title of subject id 1?") == [
+        ("PROCEDURES", "LONG_TITLE", "long title")]
+
+
+def test_the_phrases_for_columns_mean_those_columns_in_the_training_split(real_splits):
+    from medsql.sqlform import FormError
+    from medsql.util import read_jsonl
+
+    flagged, total = [], 0
+    for row in read_jsonl(real_splits / "train.jsonl"):
+        try:
+            query = parse_sql(row["sql"])
+        except FormError:
+            continue
+        total += 1
+        if grounding.columns_left_out(query, row["question"]):
+            flagged.append(row["question"])
+    # The gold queries use the columns their questions name: but for the dataset's own slips.
+    assert total > 1000 and len(flagged) <= total // 1000, flagged
+
+
+def test_a_column_asked_about_takes_the_place_of_one_listed_twice_or_not_asked_for(values):
+    question = "what is procedure short title and drug code of subject id 24425?"
+    right = listing("PROCEDURES.SHORT_TITLE", "PRESCRIPTIONS.FORMULARY_DRUG_CD")
+    assert _mended(listing("PROCEDURES.SHORT_TITLE", "PROCEDURES.LONG_TITLE"), values, [], question) == [
+        (right, ['selected PRESCRIPTIONS.FORMULARY_DRUG_CD (the question\'s "drug code") for PROCEDURES.LONG_TITLE'])]
+    twice = listing("PROCEDURES.SHORT_TITLE", "PROCEDURES.SHORT_TITLE")
+    assert _mended(twice, values, [], question) == [
+        (right, ['selected PRESCRIPTIONS.FORMULARY_DRUG_CD (the question\'s "drug code") for PROCEDURES.SHORT_TITLE'])]
+    # Listed in the schema's order; a column only said of the patients ("whose insurance is") is no
+    # column asked for, nor does a count list columns.
+    one = 'SELECT DEMOGRAPHIC."{}" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = "2560"'
+    assert _mended(one.format("DIAGNOSIS"), values, [], "what is the days of hospital stay and primary disease "
+                   "of subject id 2560?") == [
+        ('SELECT DEMOGRAPHIC."DAYS_STAY",DEMOGRAPHIC."DIAGNOSIS" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = '
+         '"2560"', ['selected DEMOGRAPHIC.DAYS_STAY too (the question\'s "days of hospital stay")'])]
+    assert _mended(COUNT, values, [], "how many patients whose insurance is private?") == []
+    assert _mended(COUNT + ' WHERE DEMOGRAPHIC."AGE" < "60"', values, [], "count by religion pts under 60") == []

@@ -156,6 +156,11 @@ def test_compact_output_gets_stored_casing_back(predictor: Predictor) -> None:
     assert parse_sql(sql).conditions[1].value == "EMERGENCY"
 
 
+def test_columns_the_model_lists_out_of_the_schemas_order_are_put_in_it(predictor: Predictor) -> None:
+    sql = predictor.to_sql('demographic.diagnosis , demographic.days_stay where demographic.subject_id = " 2560 "')
+    assert [c for _, _, c in parse_sql(sql).select] == ["DAYS_STAY", "DIAGNOSIS"]
+
+
 def test_pretty_formats_with_sqlparse() -> None:
     pretty = Predictor.pretty('select count ( distinct DEMOGRAPHIC."SUBJECT_ID" ) from DEMOGRAPHIC where '
                               'DEMOGRAPHIC."AGE" < "45"')
