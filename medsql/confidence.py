@@ -12,8 +12,8 @@ probability, halved when ungrounded, and says so (`calibrated: false`).
 
 Below the model's `min_confidence` (params.yaml train.min_confidence, written into medsql.json)
 an answer is marked uncertain, and interfaces show the next candidates beside it. So is an answer
-that departs from the question (medsql.grounding.departures: it leaves out a value or a number the
-question names, or compares a number the other way than the question bounds it), whatever its
+that departs from the question (medsql.grounding.departures: it leaves out a value, a number or a
+column the question names, or compares a number the other way than the question bounds it), whatever its
 confidence: the calibration is fitted on validation answers, which almost never do that, so it
 cannot learn what it costs.
 """
