@@ -78,7 +78,8 @@ _DEATH = frozenset(("DEMOGRAPHIC", c) for c in ("DOD", "DOD_YEAR", "EXPIRE_FLAG"
 USED_BY = {("DEMOGRAPHIC", "EXPIRE_FLAG"): _DEATH}
 # How questions name the columns they ask about. Said in a training question, each phrase means its
 # column is selected or compared in the gold query: for all but 2 of the training split's 4,110
-# questions (both slips of the dataset: a procedure's title asked as "the diagnosis short title").
+# questions (both slips of the dataset: a procedure's title asked as "the diagnosis short title", an
+# ethnicity the gold query leaves out).
 # Left out: "type" and "fluid" alone (in "emergency type", "glucose, body fluid"), and "icd9 code",
 # which the dataset answers with a title as often as with the code. TITLES: a dictionary title, of the
 # diagnoses or the procedures as the question's words or the query's tables say (`_titled`).
@@ -454,8 +455,7 @@ def mended(query: Query, values: ValueIndex | None, links: Iterable[Link], quest
             select.append((None, table, column))
             changes.append(f'selected {table}.{column} too (the question\'s "{words}")')
     if len(set(select)) < len(select):
-        changes += [f"listed {table}.{column} once" for item, n in Counter(select).items() if n > 1
-                    for _, table, column in [item]]
+        changes += [f"listed {table}.{column} once" for (_, table, column), n in Counter(select).items() if n > 1]
         select = list(dict.fromkeys(select))
     version = in_schema_order(Query(select, list(dict.fromkeys(conditions))))
     if render_sql(version) == render_sql(query) or query_problems(version, values, links, question):
