@@ -183,12 +183,22 @@ def bound_against(question: str, op: str, number: str) -> tuple[str, str] | None
     return stated if stated is not None and DIRECTION.get(op, op) != stated[0] else None
 
 
+def _columns_used(query: Query) -> set[tuple[str, str]]:
+    """The (TABLE, COLUMN)s the query selects or compares."""
+    return {(c.table, c.column) for c in query.conditions} | {(t, c) for _, t, c in query.select}
+
+
+def _uses(used: set[tuple[str, str]], table: str, column: str) -> bool:
+    """Whether columns `used` (`_columns_used`) use TABLE.COLUMN: it, or one that answers for it (`USED_BY`)."""
+    return bool(used & USED_BY.get((table, column), {(table, column)}))
+
+
 def left_out(query: Query, links: Iterable[Link]) -> list[Link]:
     """The values the question names (its exact and lexicon links) that the query does not use: the
     best link of each such mention, in the linker's order. A mention is used by its value (or its
     own words) within a literal, or by a condition on or a selection of its column (`USED_BY`); a
     mention within a used one is used too."""
-    columns = {(c.table, c.column) for c in query.conditions} | {(t, c) for _, t, c in query.select}
+    columns = _columns_used(query)
     literals = [normalised(c.value) for c in query.conditions]
     mentions: dict[str, list[Link]] = {}
     for link in links:
@@ -196,7 +206,7 @@ def left_out(query: Query, links: Iterable[Link]) -> list[Link]:
             mentions.setdefault(link.span, []).append(link)
 
     def used(span: str) -> bool:
-        return any(columns & USED_BY.get((k.table, k.column), {(k.table, k.column)})
+        return any(_uses(columns, k.table, k.column)
                    or any(within(span, literal) or within(normalised(k.value), literal) for literal in literals)
                    for k in mentions[span])
 
@@ -229,10 +239,9 @@ def columns_named(question: str, query: Query) -> list[tuple[str | None, str, st
 def columns_left_out(query: Query, question: str) -> list[tuple[str | None, str, str]]:
     """The columns the question names (`columns_named`) that the query neither selects nor compares; a
     title whose table neither the question nor the query says, only where the query uses no such title."""
-    used = {(c.table, c.column) for c in query.conditions} | {(t, c) for _, t, c in query.select}
+    used = _columns_used(query)
     return [(table, column, words) for table, column, words in columns_named(question, query)
-            if not (used & USED_BY.get((table, column), {(table, column)}) if table
-                    else any(c == column for _, c in used))]
+            if not (_uses(used, table, column) if table else any(c == column for _, c in used))]
 
 
 def _unasked(query: Query, question: str) -> list[int]:
