@@ -41,7 +41,7 @@ from medsql import grounding, paths
 from medsql.confidence import Answer, Calibration, features, uncalibrated
 from medsql.evaluation.recovery import ValueIndex
 from medsql.linking import Link, Linker, input_linker, linked_input
-from medsql.sqlform import FormError, Query, in_schema_order, parse_compact, parse_sql, render_sql, to_compact
+from medsql.sqlform import FormError, Query, in_dataset_form, parse_compact, parse_sql, render_sql, to_compact
 from medsql.text import MAX_QUESTION_CHARS, QuestionError, check_question, model_input, normalise_question
 
 __all__ = ["MAX_BEAMS", "MAX_QUESTION_CHARS", "Answer", "Predictor", "PredictorError", "QuestionError", "check_beams"]
@@ -363,8 +363,8 @@ class Predictor:
         return out
 
     def to_sql(self, output: str, question: str | None = None) -> str:
-        """A decoded output as SQL in the dataset's form (compact outputs are expanded; the columns
-        selected in the schema's order: `in_schema_order`).
+        """A decoded output as SQL in the dataset's form (compact outputs are expanded; the query
+        written as the dataset writes it: `in_dataset_form`).
 
         With the question, literals also go through value recovery (snapped to values the data
         holds or to the question's own words); without it only their casing is restored.
@@ -375,14 +375,14 @@ class Predictor:
             except FormError:
                 return output  # not expandable: return it as it came, so evaluation counts it wrong
             # A condition written twice (`age < 2110 and age < 2110`, a small model's stutter) is one.
-            query = in_schema_order(Query(query.select, list(dict.fromkeys(query.conditions))))
+            query = in_dataset_form(Query(query.select, list(dict.fromkeys(query.conditions))))
             # The compact form is lower-case: literals get their stored casing back.
             output = render_sql(self.values.recover_query(query, fuzzy=False) if self.values else query)
         else:
             try:
                 query = parse_sql(output)
-                if (ordered := in_schema_order(query)) is not query:
-                    output = render_sql(ordered)
+                if (written := in_dataset_form(query)) is not query:
+                    output = render_sql(written)
             except FormError:
                 pass  # outside the grammar: as it came, so evaluation counts it wrong
         return self.values.recover(output, question) if self.values and question else output

@@ -140,6 +140,31 @@ def in_schema_order(query: Query) -> Query:
     return query if ordered == query.select else Query(ordered, list(query.conditions))
 
 
+def subject_on_its_table(query: Query) -> Query:
+    """The query with a condition on a patient's SUBJECT_ID set on the table the dataset sets it on:
+    DEMOGRAPHIC where the query otherwise uses it, else the first table (in the schema's order) it
+    otherwise uses, as all 441 such conditions of the training split are. The tables are joined on
+    the admission, which is one patient's, so the query asks the same of that patient; a table that
+    only the condition used is no longer joined (the dataset never joins one for it alone)."""
+    conditions = list(query.conditions)
+    for at, cond in enumerate(conditions):
+        if cond.column != "SUBJECT_ID":
+            continue
+        others = {t for _, t, _ in query.select} | {c.table for i, c in enumerate(conditions) if i != at}
+        if others:
+            home = "DEMOGRAPHIC" if "DEMOGRAPHIC" in others else min(others, key=TABLE_ORDER.index)
+            conditions[at] = Condition(home, cond.column, cond.op, cond.value)
+    return query if conditions == query.conditions else Query(list(query.select), conditions)
+
+
+def in_dataset_form(query: Query) -> Query:
+    """The query as the dataset writes such a query: its columns in the schema's order
+    (`in_schema_order`) and a patient's SUBJECT_ID condition on the dataset's table
+    (`subject_on_its_table`). Logic form compares queries as they are written, so an answer is
+    written as the dataset would write it."""
+    return subject_on_its_table(in_schema_order(query))
+
+
 def _from_clause(tables: list[str]) -> str:
     base, *others = tables
     return " ".join([base] + [f"INNER JOIN {t} on {base}.HADM_ID = {t}.HADM_ID" for t in others])

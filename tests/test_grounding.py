@@ -288,6 +288,17 @@ def test_a_query_that_leaves_out_a_column_the_question_asks_about_does_not_quali
     assert grounding.columns_left_out(titles, "what is the long title of subject id 1?") == []
     assert grounding.columns_left_out(titles, "what is the procedure long title of subject id 1?") == [
         ("PROCEDURES", "LONG_TITLE", "long title")]
+    # A drug named as the drug name, and read as a lab test, is left out.
+    lab = parse_sql('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC INNER JOIN LAB on '
+                    'DEMOGRAPHIC.HADM_ID = LAB.HADM_ID WHERE LAB."LABEL" = "Theophylline"')
+    assert grounding.columns_left_out(lab, "how many female patients with a drug name theophylline sr?") == [
+        ("PRESCRIPTIONS", "DRUG", "drug name")]
+    assert grounding.columns_left_out(lab, "how many patients had a theophylline lab test?") == []
+    # A code named with its table is that table's code.
+    coded = parse_sql('SELECT DIAGNOSES."ICD9_CODE" FROM DIAGNOSES WHERE DIAGNOSES."SUBJECT_ID" = "1"')
+    assert grounding.columns_left_out(coded, "what is the procedure icd9 code of subject id 1?") == [
+        ("PROCEDURES", "ICD9_CODE", "procedure icd9 code")]
+    assert grounding.columns_left_out(coded, "what is the diagnosis icd9 code of subject id 1?") == []
 
 
 def test_the_phrases_for_columns_mean_those_columns_in_the_training_split(real_splits):

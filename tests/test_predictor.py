@@ -161,6 +161,13 @@ def test_columns_the_model_lists_out_of_the_schemas_order_are_put_in_it(predicto
     assert [c for _, _, c in parse_sql(sql).select] == ["DAYS_STAY", "DIAGNOSIS"]
 
 
+def test_a_subject_id_condition_the_model_sets_on_another_table_is_set_where_the_dataset_sets_it(
+        predictor: Predictor) -> None:
+    sql = predictor.to_sql('procedures.long_title , prescriptions.icustay_id '
+                           'where prescriptions.subject_id = " 74032 "')
+    assert [(c.table, c.column) for c in parse_sql(sql).conditions] == [("PROCEDURES", "SUBJECT_ID")]
+
+
 def test_pretty_formats_with_sqlparse() -> None:
     pretty = Predictor.pretty('select count ( distinct DEMOGRAPHIC."SUBJECT_ID" ) from DEMOGRAPHIC where '
                               'DEMOGRAPHIC."AGE" < "45"')

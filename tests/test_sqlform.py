@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medsql.sqlform import parse_sql
+from medsql.sqlform import parse_sql, render_sql
 
 
 def test_the_columns_a_query_lists_are_put_in_the_schemas_order_as_the_dataset_lists_them():
@@ -17,3 +17,47 @@ def test_the_columns_a_query_lists_are_put_in_the_schemas_order_as_the_dataset_l
     assert [t for _, t, _ in in_schema_order(joined).select] == ["PROCEDURES", "PRESCRIPTIONS"]
     counted = parse_sql('SELECT COUNT ( DISTINCT DEMOGRAPHIC."SUBJECT_ID" ) FROM DEMOGRAPHIC')
     assert in_schema_order(counted) is counted
+
+
+def test_a_patients_subject_id_condition_is_set_on_the_table_the_dataset_sets_it_on():
+    from medsql.sqlform import in_dataset_form, subject_on_its_table
+
+    # Two tables without DEMOGRAPHIC: the first in the schema's order (PROCEDURES before PRESCRIPTIONS).
+    joined = parse_sql('SELECT PROCEDURES."LONG_TITLE",PRESCRIPTIONS."ICUSTAY_ID" FROM PROCEDURES INNER JOIN '
+                       'PRESCRIPTIONS on PROCEDURES.HADM_ID = PRESCRIPTIONS.HADM_ID '
+                       'WHERE PRESCRIPTIONS."SUBJECT_ID" = "74032"')
+    assert [(c.table, c.value) for c in subject_on_its_table(joined).conditions] == [("PROCEDURES", "74032")]
+    # DEMOGRAPHIC where the query uses it otherwise.
+    named = parse_sql('SELECT DEMOGRAPHIC."NAME",LAB."LABEL" FROM DEMOGRAPHIC INNER JOIN LAB on '
+                      'DEMOGRAPHIC.HADM_ID = LAB.HADM_ID WHERE LAB."SUBJECT_ID" = "10"')
+    assert subject_on_its_table(named).conditions[0].table == "DEMOGRAPHIC"
+    # A table only the condition used is joined no more.
+    alone = parse_sql('SELECT PRESCRIPTIONS."ICUSTAY_ID" FROM DEMOGRAPHIC INNER JOIN PRESCRIPTIONS on '
+                      'DEMOGRAPHIC.HADM_ID = PRESCRIPTIONS.HADM_ID WHERE DEMOGRAPHIC."SUBJECT_ID" = "10"')
+    assert render_sql(subject_on_its_table(alone)) == (
+        'SELECT PRESCRIPTIONS."ICUSTAY_ID" FROM PRESCRIPTIONS WHERE PRESCRIPTIONS."SUBJECT_ID" = "10"')
+    # Already as the dataset writes it, or nothing else to set it on: the query itself.
+    written = parse_sql('SELECT DEMOGRAPHIC."AGE" FROM DEMOGRAPHIC WHERE DEMOGRAPHIC."SUBJECT_ID" = "10"')
+    assert subject_on_its_table(written) is written and in_dataset_form(written) is written
+    only = parse_sql('SELECT COUNT ( LAB."SUBJECT_ID" ) FROM LAB WHERE LAB."SUBJECT_ID" = "10"')
+    assert subject_on_its_table(only) is only
+    # Both rules at once: the columns in the schema's order, the condition on the first table.
+    both = in_dataset_form(parse_sql('SELECT PRESCRIPTIONS."ICUSTAY_ID",PROCEDURES."LONG_TITLE" FROM PROCEDURES '
+                                     'INNER JOIN PRESCRIPTIONS on PROCEDURES.HADM_ID = PRESCRIPTIONS.HADM_ID '
+                                     'WHERE PRESCRIPTIONS."SUBJECT_ID" = "74032"'))
+    assert render_sql(both) == render_sql(joined).replace('PRESCRIPTIONS."SUBJECT_ID"', 'PROCEDURES."SUBJECT_ID"')
+
+
+def test_every_training_query_is_already_in_the_dataset_form(real_splits):
+    from medsql.sqlform import FormError, in_dataset_form
+    from medsql.util import read_jsonl
+
+    checked = 0
+    for row in read_jsonl(real_splits / "train.jsonl"):
+        try:
+            query = parse_sql(row["sql"])
+        except FormError:
+            continue
+        checked += 1
+        assert in_dataset_form(query) is query, row["sql"]
+    assert checked > 1000
