@@ -65,6 +65,21 @@ def real_splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def training_queries(real_splits: Path) -> list[tuple[dict, object]]:
+    """The training split's rows whose SQL is inside the grammar, each with its parsed Query."""
+    from medsql.sqlform import FormError, parse_sql
+    from medsql.util import read_jsonl
+
+    parsed = []
+    for row in read_jsonl(real_splits / "train.jsonl"):
+        try:
+            parsed.append((row, parse_sql(row["sql"])))
+        except FormError:
+            continue
+    return parsed
+
+
 @pytest.fixture
 def tiny_project(tmp_path: Path, real_splits: Path, mimicsql_db: Path, monkeypatch: pytest.MonkeyPatch):
     """A scratch project root with real split files, tiny train params and its own MLflow store.
