@@ -256,7 +256,7 @@ def columns_left_out(query: Query, question: str) -> list[tuple[str | None, str,
 
 def _unasked(query: Query, question: str) -> list[int]:
     """Which of the query's selected columns the question does not ask for: no phrase of `COLUMN_NAMES`
-    names it, nor (for a column without one: NAME, AGE, DRUG, ...) a word of its name outside those
+    names it, nor (for a column without one: NAME, AGE, VALUE_UNIT, ...) a word of its name outside those
     phrases."""
     named = columns_named(question, query)
     rest = normalised(question)
