@@ -142,18 +142,17 @@ def in_schema_order(query: Query) -> Query:
 
 def subject_on_its_table(query: Query) -> Query:
     """The query with a condition on a patient's SUBJECT_ID set on the table the dataset sets it on:
-    DEMOGRAPHIC where the query otherwise uses it, else the first table (in the schema's order) it
-    otherwise uses, as all 441 such conditions of the training split are. The tables are joined on
-    the admission, which is one patient's, so the query asks the same of that patient; a table that
-    only the condition used is no longer joined (the dataset never joins one for it alone)."""
+    the first table in the schema's order (DEMOGRAPHIC first) that the query otherwise uses, as all
+    441 such conditions of the training split are. The tables are joined on the admission, which is
+    one patient's, so the query asks the same of that patient; a table that only the condition used
+    is no longer joined (the dataset never joins one for it alone)."""
     conditions = list(query.conditions)
     for at, cond in enumerate(conditions):
         if cond.column != "SUBJECT_ID":
             continue
         others = {t for _, t, _ in query.select} | {c.table for i, c in enumerate(conditions) if i != at}
         if others:
-            home = "DEMOGRAPHIC" if "DEMOGRAPHIC" in others else min(others, key=TABLE_ORDER.index)
-            conditions[at] = Condition(home, cond.column, cond.op, cond.value)
+            conditions[at] = Condition(min(others, key=TABLE_ORDER.index), cond.column, cond.op, cond.value)
     return query if conditions == query.conditions else Query(list(query.select), conditions)
 
 
