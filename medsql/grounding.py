@@ -85,7 +85,7 @@ USED_BY = {("DEMOGRAPHIC", "EXPIRE_FLAG"): _DEATH}
 # the dataset answers with a title as often as with the code. TITLES: a dictionary title, of the
 # diagnoses or the procedures as the question's words or the query's tables say (`_titled`).
 TITLES = "TITLES"
-COLUMN_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
+COLUMN_PHRASES: dict[tuple[str, str], tuple[str, ...]] = {
     ("DEMOGRAPHIC", "MARITAL_STATUS"): ("marital status",),
     ("DEMOGRAPHIC", "DOB"): ("date of birth", "birth date", "dob"),
     ("DEMOGRAPHIC", "GENDER"): ("gender", "sex"),
@@ -235,11 +235,11 @@ def _titled(question: str, query: Query) -> str | None:
 
 
 def columns_named(question: str, query: Query) -> list[tuple[str | None, str, str]]:
-    """The columns the question names (`COLUMN_NAMES`), in its order: (TABLE, COLUMN, its words); the
+    """The columns the question names (`COLUMN_PHRASES`), in its order: (TABLE, COLUMN, its words); the
     TABLE of a title is None where neither the question nor the query says whose (`_titled`)."""
     text = normalised(question)
     found = []
-    for (table, column), phrases in COLUMN_NAMES.items():
+    for (table, column), phrases in COLUMN_PHRASES.items():
         said = [p for p in phrases if within(p, text)]
         if said:
             found.append((_titled(text, query) if table == TITLES else table, column, said[0]))
@@ -255,7 +255,7 @@ def columns_left_out(query: Query, question: str) -> list[tuple[str | None, str,
 
 
 def _unasked(query: Query, question: str) -> list[int]:
-    """Which of the query's selected columns the question does not ask for: no phrase of `COLUMN_NAMES`
+    """Which of the query's selected columns the question does not ask for: no phrase of `COLUMN_PHRASES`
     names it, nor (for a column without one: NAME, AGE, VALUE_UNIT, ...) a word of its name outside those
     phrases."""
     named = columns_named(question, query)
@@ -265,7 +265,7 @@ def _unasked(query: Query, question: str) -> list[int]:
     asked = {(table, column) for table, column, _ in named}
 
     def unasked(table: str, column: str) -> bool:
-        if (table, column) in COLUMN_NAMES or table in _TITLE_TABLES and (TITLES, column) in COLUMN_NAMES:
+        if (table, column) in COLUMN_PHRASES or table in _TITLE_TABLES and (TITLES, column) in COLUMN_PHRASES:
             return not asked & {(table, column), (None, column)}
         return not any(within(word, rest) for word in column.lower().split("_") if word != "id")
 

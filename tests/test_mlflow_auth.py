@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from services import answers_ok, free_port, wait_for
+from services import answers_ok, free_port, start, wait_for
 
 from medsql.predictor import Predictor, PredictorError
 from medsql.registry import CHAMPION, promote_command, register_and_gate
@@ -58,34 +58,20 @@ def auth_server(tmp_path, monkeypatch):
                MLFLOW_AUTH_ADMIN_PASSWORD=(secrets / "mlflow_admin_password").read_text(),
                MLFLOW_FLASK_SERVER_SECRET_KEY=(secrets / "mlflow_flask_secret_key").read_text(),
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = start("mlflow-server",
+                   [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+                    "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                   tmp_path, env=env, cwd=tmp_path)
     try:
-        wait_for("mlflow server", lambda: answers_ok(f"{url}/health"), log_path, 180, lambda: server.poll() is None)
+        wait_for("mlflow server", lambda: answers_ok(f"{url}/health"), server.log, 180, server.alive)
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME_FILE",
                      "MLFLOW_TRACKING_PASSWORD_FILE", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         yield url, secrets
     finally:
-        stop(server)
-
-
-def stop(server: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, 15)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, 9)
-        server.wait()
+        server.stop()
 
 
 def test_the_pipeline_account_works_from_files_and_anonymous_requests_are_refused(auth_server, monkeypatch,

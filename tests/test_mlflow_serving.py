@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
-from services import answers_ok, free_port, wait_for
+from services import answers_ok, free_port, start, wait_for
 from test_predictor import untrained_model
 
 from medsql.registry import CHAMPION, register_and_gate
@@ -76,23 +75,15 @@ def served_champion(tiny_project, tmp_path):
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@{CHAMPION}", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = start("mlflow-serve",
+                   [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@{CHAMPION}",
+                    "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                   tmp_path, env=env, cwd=root)
     try:
-        wait_for("mlflow models serve", lambda: answers_ok(f"{url}/ping"), log_path, 300, lambda: server.poll() is None)
+        wait_for("mlflow models serve", lambda: answers_ok(f"{url}/ping"), server.log, 300, server.alive)
         yield url, model_dir
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, 9)
-                server.wait()
+        server.stop()
 
 
 def ask(url: str, questions: list[str], **params) -> requests.Response:
