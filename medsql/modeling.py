@@ -143,18 +143,7 @@ class T5WithCopy(T5ForConditionalGeneration):
             input_ids=decoder_input_ids, attention_mask=decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
             past_key_values=past_key_values, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
             use_cache=use_cache, **kwargs)
-        hidden = decoder_outputs[0]
-        scaled = hidden * (self.model_dim ** -0.5) if self.config.scale_decoder_outputs else hidden
-        vocab_log_probs = torch.log_softmax(self.lm_head(scaled).float(), dim=-1)
-
-        # Pointer: attention of each decoder position over the question's tokens.
-        scores = (self.copy_query(hidden) @ encoded.transpose(1, 2)).float() * (self.model_dim ** -0.5)
-        if attention_mask is not None:
-            scores = scores.masked_fill(attention_mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
-        pointer = torch.softmax(scores, dim=-1)
-        context = pointer.to(encoded.dtype) @ encoded
-        generate_share = torch.sigmoid(self.copy_gate(torch.cat([hidden, context], dim=-1)).float())
-
+        vocab_log_probs, pointer, generate_share = self.copy_parts(decoder_outputs[0], encoded, attention_mask)
         if labels is not None and self.training:
             # Training needs only each label's probability: skip the (batch, length, vocabulary)
             # mixture, which would cost a third of the step.
@@ -166,10 +155,7 @@ class T5WithCopy(T5ForConditionalGeneration):
             kept = (labels != -100)[..., None]
             loss, logits = -(log_probs * kept).sum() / kept.sum().clamp_min(1), None
         else:
-            copy_probs = torch.zeros_like(vocab_log_probs).scatter_add_(
-                2, source[:, None, :].expand(-1, pointer.shape[1], -1), pointer)
-            logits = torch.log(generate_share * vocab_log_probs.exp() + (1 - generate_share) * copy_probs + 1e-10)
-            loss = None
+            logits, loss = self.mixture(vocab_log_probs, pointer, generate_share, source), None
             if labels is not None:
                 loss = nn.functional.nll_loss(logits.view(-1, logits.size(-1)), labels.to(logits.device).view(-1),
                                               ignore_index=-100)
@@ -184,6 +170,31 @@ class T5WithCopy(T5ForConditionalGeneration):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
+
+    def copy_parts(self, hidden: torch.Tensor, encoded: torch.Tensor, attention_mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """At each decoder position (`hidden`: the decoder's last states): the vocabulary's
+        log-probabilities, the pointer over the question's tokens (`encoded`), and the share drawn
+        from the vocabulary (the gate)."""
+        scaled = hidden * (self.model_dim ** -0.5) if self.config.scale_decoder_outputs else hidden
+        vocab_log_probs = torch.log_softmax(self.lm_head(scaled).float(), dim=-1)
+        # Pointer: attention of each decoder position over the question's tokens.
+        scores = (self.copy_query(hidden) @ encoded.transpose(1, 2)).float() * (self.model_dim ** -0.5)
+        if attention_mask is not None:
+            scores = scores.masked_fill(attention_mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
+        pointer = torch.softmax(scores, dim=-1)
+        context = pointer.to(encoded.dtype) @ encoded
+        generate_share = torch.sigmoid(self.copy_gate(torch.cat([hidden, context], dim=-1)).float())
+        return vocab_log_probs, pointer, generate_share
+
+    @staticmethod
+    def mixture(vocab_log_probs: torch.Tensor, pointer: torch.Tensor, generate_share: torch.Tensor,
+                source: torch.Tensor) -> torch.Tensor:
+        """The output's log-probabilities over the vocabulary: the gate's mixture of the vocabulary's and
+        the pointer's, whose weight on a question token goes to that token's id (`source`)."""
+        copy_probs = torch.zeros_like(vocab_log_probs).scatter_add_(
+            2, source[:, None, :].expand(-1, pointer.shape[1], -1), pointer)
+        return torch.log(generate_share * vocab_log_probs.exp() + (1 - generate_share) * copy_probs + 1e-10)
 
 
 # Model folders saved with the copy head load through AutoModelForSeq2SeqLM like any other.

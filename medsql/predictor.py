@@ -304,6 +304,7 @@ class Predictor:
         """One member's beam search over model inputs: each one's decoded outputs with their scores, best first."""
         import torch
 
+        from medsql import decoding
         from medsql.modeling import decode_compact
 
         model, tokenizer = self.members[member]
@@ -313,12 +314,17 @@ class Predictor:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               truncation=True, max_length=self.meta["max_input_tokens"])
-            with torch.inference_mode():
-                generated = model.generate(**batch.to(self.device), generation_config=settings)
-                scores = _sequence_scores(model, generated, settings.num_beams)
+            batch = batch.to(self.device)
+            if decoding.applies(model, settings):
+                sequences, found = decoding.beam_search(model, batch.input_ids, batch.attention_mask, settings)
+                scores = [float(v) for v in found.tolist()]
+            else:
+                with torch.inference_mode():
+                    generated = model.generate(**batch, generation_config=settings)
+                    sequences, scores = generated.sequences, _sequence_scores(model, generated, settings.num_beams)
             decoded = [decode_compact(tokenizer, ids) if self.meta["target_form"] == "compact"
                        else tokenizer.decode(ids, skip_special_tokens=True).strip()
-                       for ids in generated.sequences.tolist()]
+                       for ids in sequences.tolist()]
             for first in range(0, len(decoded), per_question):
                 out.append(list(zip(decoded[first:first + per_question], scores[first:first + per_question],
                                     strict=True)))
