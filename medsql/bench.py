@@ -4,6 +4,7 @@
     python -m medsql.bench --flan-t5-base       # reference profile on a flan-t5-base-shaped T5
     python -m medsql.bench --train-steps 50 --model models/medsql
     python -m medsql.bench --train-steps 0 --model '' --dropout-steps 30   # torch's dropout vs byte dropout
+    python -m medsql.bench --train-steps 0 --model models/medsql --search-questions 120   # generate vs decoding
 
 Training runs the real train stage (Seq2SeqTrainer) for a fixed number of steps in a scratch
 folder, so the project's model and MLflow store are untouched. Inference times the Predictor's
@@ -11,7 +12,10 @@ folder, so the project's model and MLflow store are untouched. Inference times t
 the test split: one question at a time (mean, p50, p95 of 50) and in batches. The dropout benchmark
 times the embedded model's training step (forward, backward, optimizer) with torch's dropout and
 with the byte dropout it trains with (medsql.modeling.byte_dropout), in turn on the same batches in
-one process, so that how fast the machine is that day cancels out. Prints one line per figure.
+one process, so that how fast the machine is that day cancels out. The search benchmark times the
+members' beam searches through transformers' `generate` and through `medsql.decoding` in turn on
+the same questions, and counts the searches where the two differ (none should). Prints one line
+per figure.
 """
 
 from __future__ import annotations
@@ -180,6 +184,46 @@ def bench_inference(model: str, questions: list[str], batch_size: int) -> dict:
     }
 
 
+def bench_search(model: str, questions: list[str], batch_size: int) -> dict:
+    """Milliseconds a question of the members' beam searches through transformers' `generate` and
+    through `medsql.decoding.beam_search`, the two in turn on the same model inputs (alone, then in
+    batches; which goes first alternates), and how many searches gave other sequences or scores."""
+    import torch
+
+    from medsql import decoding
+    from medsql.predictor import Predictor
+
+    predictor = Predictor.load(model)
+    texts = predictor.model_inputs(questions)
+    timed = {(size, way): 0.0 for size in (1, batch_size) for way in ("generate", "beam_search")}
+    differing = 0
+    for member, (network, tokenizer) in enumerate(predictor.members):
+        settings = predictor.generation_config(None, member)
+        if not decoding.applies(network, settings):
+            raise SystemExit(f"--search-questions: medsql.decoding does not apply to member {member} of {model} "
+                             "(not the embedded copy model, or its settings add work): nothing to compare")
+        for size in (1, batch_size):
+            for number, start in enumerate(range(0, len(texts), size)):
+                batch = tokenizer(texts[start:start + size], return_tensors="pt", padding=True, truncation=True,
+                                  max_length=predictor.meta["max_input_tokens"]).to(predictor.device)
+                found = {}
+                for way in ("generate", "beam_search")[::1 if number % 2 else -1]:
+                    began = time.perf_counter()
+                    if way == "generate":
+                        with torch.inference_mode():
+                            out = network.generate(**batch, generation_config=settings)
+                        found[way] = out.sequences, out.sequences_scores
+                    else:
+                        found[way] = decoding.beam_search(network, batch.input_ids, batch.attention_mask, settings)
+                    timed[size, way] += time.perf_counter() - began
+                differing += not all(torch.equal(a, b) for a, b in zip(*found.values(), strict=True))
+    figures = {"model": str(predictor.model_dir), "members": len(predictor.members), "questions": len(texts)}
+    for (size, way), seconds in timed.items():
+        figures[f"{way}_ms_per_question({'alone' if size == 1 else f'batch {size}'})"] = round(
+            1000 * seconds / len(texts), 1)
+    return figures | {"searches_differing": differing}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=100, help="0 skips the training benchmark")
@@ -190,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout-steps", type=int, default=0, help="time this many training steps with "
                         "torch's dropout and with byte dropout, in turn (0 skips it)")
+    parser.add_argument("--search-questions", type=int, default=0, help="time the members' beam searches on "
+                        "this many test questions through generate and through medsql.decoding, in turn, "
+                        "and check they agree (0 skips it)")
     args = parser.parse_args(argv)
 
     logs.configure()
@@ -202,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         questions = [r["question"] for r in read_jsonl(paths.SPLITS / "test.jsonl")][: args.questions]
         results["inference"] = bench_inference(args.model, questions, args.batch_size)
+        if args.search_questions:
+            results["search"] = bench_search(args.model, questions[: args.search_questions], args.batch_size)
     for section, figures in results.items():
         for key, value in figures.items():
             print(f"{section:9s} {key:55s} {value}")

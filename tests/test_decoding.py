@@ -127,3 +127,21 @@ def test_a_trained_models_beams_match_generate_on_held_out_questions(request) ->
                 sequences, scores = decoding.beam_search(model, batch.input_ids, batch.attention_mask, settings)
                 assert torch.equal(sequences, expected.sequences), (member, size, start)
                 assert torch.equal(scores, expected.sequences_scores), (member, size, start)
+
+
+def test_the_search_benchmark_times_both_searches_on_the_same_questions_and_finds_them_equal(
+        tiny_project, tmp_path, capsys) -> None:
+    import json
+
+    from test_predictor import untrained_model
+
+    from medsql import bench
+
+    model = untrained_model(tmp_path / "model", seed=2, num_beams=2)
+    assert bench.main(["--train-steps", "0", "--model", str(model), "--questions", "5",
+                       "--search-questions", "5", "--batch-size", "4"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["search"]
+    assert figures["questions"] == 5 and figures["members"] == 1
+    assert figures["searches_differing"] == 0
+    for way in ("generate", "beam_search"):
+        assert figures[f"{way}_ms_per_question(alone)"] > 0 and figures[f"{way}_ms_per_question(batch 4)"] > 0
