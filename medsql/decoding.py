@@ -1,8 +1,9 @@
 """Beam search for the embedded model, without transformers' per-step machinery around its arithmetic.
 
-The embedded T5 is small (2 + 2 layers, d_model 256): a decoding step's arithmetic takes about
-1.5 ms on two cores, and `generate` spent about three times that on each step in its module calls,
-masks, cache objects and bookkeeping. `beam_search` runs the same search with less around it:
+The embedded T5 is small (2 + 2 layers, d_model 256), so `generate` spends much of each decoding
+step in module calls, mask building and cache objects rather than in arithmetic. `beam_search`
+runs the same search with less around it, in about a quarter less time on two cores (README,
+Benchmarks; `python -m medsql.bench --search-questions N` times the two in turn):
 
 - each decoder step does the operations `T5WithCopy.forward` does through transformers' T5 modules
   (layer norm, projections, `scaled_dot_product_attention` with the same bias and mask, the copy
@@ -125,9 +126,9 @@ def beam_search(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
             normed = _norm(block.layer[1].layer_norm, hidden)
             hidden = hidden + _attend(_heads(attention.q(normed), heads, width), *cross[number], cross_mask,
                                       attention.o)
-            feed = block.layer[2]
-            hidden = hidden + feed.DenseReluDense.wo(torch.relu(feed.DenseReluDense.wi(_norm(feed.layer_norm,
-                                                                                               hidden))))
+            dense = block.layer[2].DenseReluDense
+            normed = _norm(block.layer[2].layer_norm, hidden)
+            hidden = hidden + dense.wo(torch.relu(dense.wi(normed)))
         hidden = _norm(decoder.final_layer_norm, hidden)
         logits = model.mixture(*model.copy_parts(hidden, encoded, mask), source)
         return functional.log_softmax(logits[:, -1, :].to(copy=True, dtype=torch.float32), dim=-1)
