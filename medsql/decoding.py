@@ -39,15 +39,21 @@ PLAIN_SETTINGS: dict[str, Any] = {
     "stop_strings": None, "max_time": None, "watermarking_config": None,
 }
 
+# transformers' beam-search helpers this search calls (GenerationMixin's, as of the pinned 5.23): a
+# version without them answers through `generate`, and tests/test_decoding.py checks the rest.
+HELPERS = ("_get_top_k_continuations", "_get_running_beams_for_next_iteration", "_update_finished_beams",
+           "_check_early_stop_heuristic", "_beam_search_has_unfinished_sequences")
+
 
 def applies(model: Any, settings: Any) -> bool:
     """Whether `beam_search` gives what `model.generate(..., generation_config=settings)` gives: the
     embedded profile's copy model in inference, T5's relu feed-forward and sdpa attention, a beam of
-    two or more, and nothing in `settings` beyond `PLAIN_SETTINGS`, a length and the beam."""
+    two or more, and nothing in `settings` beyond `PLAIN_SETTINGS`, a length and the beam; and
+    transformers still has the `HELPERS` this search calls."""
     from medsql.modeling import T5WithCopy
 
     config = getattr(model, "config", None)
-    return (type(model) is T5WithCopy and not model.training
+    return (type(model) is T5WithCopy and not model.training and all(hasattr(model, name) for name in HELPERS)
             and config._attn_implementation == "sdpa" and not config.is_gated_act
             and config.dense_act_fn == "relu" and (settings.num_beams or 1) > 1
             and settings.max_new_tokens is not None and settings.eos_token_id is not None

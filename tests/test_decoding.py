@@ -81,10 +81,13 @@ def test_searches_that_end_on_the_length_limit_or_the_end_token_both_match() -> 
     assert ended == {"end token", "limit"}
 
 
-def test_beam_search_stands_aside_where_generate_would_do_more() -> None:
+def test_beam_search_stands_aside_where_generate_would_do_more(monkeypatch) -> None:
     model, _ = copy_model(1)
     settings = settings_for(model, 2)
     assert decoding.applies(model, settings)
+    with monkeypatch.context() as patch:  # a transformers without one of the helpers it calls
+        patch.setattr(decoding, "HELPERS", (*decoding.HELPERS, "_a_helper_transformers_dropped"))
+        assert not decoding.applies(model, settings)
     greedy = settings_for(model, 1)
     assert not decoding.applies(model, greedy)  # one beam: generate's greedy search
     for name, value in (("repetition_penalty", 1.2), ("no_repeat_ngram_size", 3), ("min_new_tokens", 2),
