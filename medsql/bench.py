@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout-steps", type=int, default=0, help="time this many training steps with "
                         "torch's dropout and with byte dropout, in turn (0 skips it)")
     parser.add_argument("--search-questions", type=int, default=0, help="time the members' beam searches on "
-                        "this many test questions through generate and through medsql.decoding, in turn, "
-                        "and check they agree (0 skips it)")
+                        "this many test questions (at most --questions) through generate and through "
+                        "medsql.decoding, in turn, and check they agree (0 skips it)")
     args = parser.parse_args(argv)
 
     logs.configure()
