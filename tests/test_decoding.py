@@ -99,6 +99,10 @@ def test_beam_search_stands_aside_where_generate_would_do_more(monkeypatch) -> N
     model.eval()
     model.set_attn_implementation("eager")
     assert not decoding.applies(model, settings)
+    _, tokenizer = copy_model(1)  # a T5 without the copy head (the reference profile's kind of model)
+    plain = modeling.build_scratch_model(tokenizer, EmbeddedModel(**(SHAPE | {"copy_mechanism": False}))).eval()
+    plain.set_attn_implementation("sdpa")
+    assert not decoding.applies(plain, settings_for(plain, 2))
 
 
 def test_the_predictor_answers_alike_through_either_search(monkeypatch, tmp_path) -> None:
