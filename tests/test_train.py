@@ -94,18 +94,50 @@ def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> Non
     assert len(Predictor(model_dir).members) == 2
 
 
-def test_members_share_the_wall_clock_limit_and_a_member_gets_what_the_one_before_left() -> None:
+def test_each_member_may_use_all_the_time_left_and_a_further_one_starts_only_if_it_can_finish() -> None:
     from medsql.config import TrainConfig
-    from medsql.train import MIN_WALL_MINUTES, member_settings, wall_share
+    from medsql.train import MIN_WALL_MINUTES, member_settings, member_starts, minutes_left
 
     settings = member_settings(TrainConfig(seed=7, ensemble_members=3, max_wall_minutes=12))
     assert [s.seed for s in settings] == [7, 8, 9]
+    unlimited = member_settings(TrainConfig(ensemble_members=2, max_wall_minutes=0))
     now = time.monotonic()
-    assert wall_share(settings[0], now, 0, 3) == pytest.approx(4, abs=0.01)
-    # The first member stopped after 3 minutes: the other two share the 9 left.
-    assert wall_share(settings[1], now - 180, 1, 3) == pytest.approx(4.5, abs=0.01)
-    assert wall_share(settings[2], now - 15 * 60, 2, 3) == MIN_WALL_MINUTES  # a resumed run past the limit
-    assert wall_share(member_settings(TrainConfig(max_wall_minutes=0))[0], now, 0, 1) == 0  # no limit
+    assert minutes_left(settings[0], now) == pytest.approx(12, abs=0.01)
+    # The first member stopped after 3 minutes: the next may use the 9 left.
+    assert minutes_left(settings[1], now - 180) == pytest.approx(9, abs=0.01)
+    assert minutes_left(settings[2], now - 15 * 60) == MIN_WALL_MINUTES  # a resumed run past the limit
+    assert minutes_left(unlimited[0], now) == 0  # no limit
+
+    assert member_starts(settings[0], now - 60 * 60, 0)  # the first always trains
+    assert member_starts(settings[1], now - 5 * 60, 1)  # one member took 5 minutes: 7 are left
+    assert not member_starts(settings[1], now - 7 * 60, 1)  # one took 7: the 5 left would not do
+    assert member_starts(settings[2], now - 7 * 60, 2)  # two took 3.5 each: 5 are left
+    assert not member_starts(settings[2], now - 9 * 60, 2)  # 4.5 each, 3 left
+    assert member_starts(unlimited[1], now - 10 ** 6, 1)  # no limit: every member trains
+
+
+def test_a_machine_too_slow_for_every_member_inside_the_limit_trains_fewer_and_says_so(tiny_project, caplog) -> None:
+    import logging
+
+    from medsql import train
+    from medsql.config import load_config
+    from medsql.predictor import Predictor
+
+    root, params, write_params = tiny_project
+    # A limit the first member's data alone outlasts: no time is left for a second.
+    params["train"].update(ensemble_members=2, max_wall_minutes=0.001)
+    write_params()
+    cfg = load_config()
+    with caplog.at_level(logging.WARNING, logger="medsql.train"):
+        summary = train.run(cfg.train, cfg.preprocess)
+    assert "1 of 2 ensemble members trained" in caplog.text
+    assert "train.max_wall_minutes: 0 trains them all" in caplog.text
+    assert summary["ensemble_members_trained"] == 1 and "members" not in summary
+    assert json.loads((root / "metrics" / "train.json").read_text())["ensemble_members_trained"] == 1
+    meta = json.loads((paths.MODEL / "medsql.json").read_text())
+    assert "members" not in meta and not (paths.MODEL / "members").exists()
+    predictor = Predictor(paths.MODEL)
+    assert len(predictor.members) == 1 and predictor.answer(["count women"])[0].sql
 
 
 def _tiny_t5(folder: Path, texts: list[str]) -> Path:
