@@ -108,11 +108,11 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
         trained = []
         for number, member in enumerate(members):
             if not member_starts(member, started, number):
+                spent = (time.monotonic() - started) / 60
                 log.warning("%d of %d ensemble members trained: %.1f of the %g minutes of train.max_wall_minutes "
                             "are left, and a member took %.1f on this machine, so a further one would not finish "
                             "its schedule (train.max_wall_minutes: 0 trains them all)", number, len(members),
-                            member.max_wall_minutes - (time.monotonic() - started) / 60, member.max_wall_minutes,
-                            (time.monotonic() - started) / 60 / number)
+                            member.max_wall_minutes - spent, member.max_wall_minutes, spent / number)
                 break
             # The first member trains in the stage's run; each further one in a run of its own nested
             # under it (its seed is a parameter, and an MLflow run's parameters never change).
