@@ -9,8 +9,9 @@ The training pairs are augmented (deterministically, from `train.seed`): value-s
 (`augment_phrasings`, medsql.augment). After training, the answers' confidence is calibrated on
 the validation split (medsql.confidence) and shipped in the model folder.
 With `ensemble_members` above 1, the stage trains that many models one after another, seeds
-`seed`, `seed`+1, ... (each its own augmentation, tokenizer and initial weights, and its share of
-`max_wall_minutes`); the first is the model folder's own, the others go to its members/ folder, and
+`seed`, `seed`+1, ... (each its own augmentation, tokenizer and initial weights; a further one
+only where the time `max_wall_minutes` leaves lets it finish, `member_starts`); the first is the
+model folder's own, the others go to its members/ folder, and
 the Predictor ranks the candidates of all their beams by the members' mean log-probability. The
 calibration is fitted on the ensemble's answers.
 - reference: a pretrained checkpoint (`google/flan-t5-base`, or any hub id / local folder) with
