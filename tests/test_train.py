@@ -245,8 +245,15 @@ def test_under_torchrun_only_rank_0_logs_and_saves(tiny_project) -> None:
                           env=env, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_name, r.info.status) for r in runs]
+    # This project's store (mlflow's own tracking URI may still name another test's).
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    stage = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    shown = [(r.info.run_name, r.info.status) for r in runs]
+    assert len(stage) == 1 and all(r.info.status == "FINISHED" for r in runs), shown
+    # Both ranks trained the same members: each further one in a run nested under the stage's.
+    nested = [r.data.tags["mlflow.parentRunId"] for r in runs if r not in stage]
+    assert nested == [stage[0].info.run_id] * (params["train"]["ensemble_members"] - 1), shown
     assert (root / "models" / "medsql" / "medsql.json").is_file()
     assert json.loads((root / "metrics" / "train.json").read_text())["epochs_completed"] == pytest.approx(2.0)
     assert output.count(" done: {") == 1, output[-3000:]
