@@ -100,7 +100,7 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     started = time.monotonic()
     if not main_rank:
         for number, member in enumerate(members):
-            if not member_starts(member, started, number):
+            if not member_starts(member, started, number, len(members)):
                 break
             trained = train_member(member, preprocess, meta, minutes_left(member, started))
         return trained.summary  # the Trainer saves checkpoints on rank 0 only
@@ -108,12 +108,7 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
         mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
         trained = []
         for number, member in enumerate(members):
-            if not member_starts(member, started, number):
-                spent = (time.monotonic() - started) / 60
-                log.warning("%d of %d ensemble members trained: %.1f of the %g minutes of train.max_wall_minutes "
-                            "are left, and a member took %.1f on this machine, so a further one would not finish "
-                            "its schedule (train.max_wall_minutes: 0 trains them all)", number, len(members),
-                            member.max_wall_minutes - spent, member.max_wall_minutes, spent / number)
+            if not member_starts(member, started, number, len(members)):
                 break
             # The first member trains in the stage's run; each further one in a run of its own nested
             # under it (its seed is a parameter, and an MLflow run's parameters never change).
@@ -147,18 +142,27 @@ def minutes_left(member: TrainConfig, started: float) -> float:
     return max(left, MIN_WALL_MINUTES)
 
 
-def member_starts(member: TrainConfig, started: float, number: int) -> bool:
+def member_starts(member: TrainConfig, started: float, number: int, members: int) -> bool:
     """Whether member `number` trains: the first always, and a further one where no limit is set or
     the time left of `max_wall_minutes` is at least what the members before it took each, on
     average, so that it too can finish its schedule. On a machine too slow for that the stage keeps
     the members it has, each trained in full and the same on any day, rather than train them all
     part-way (on one slow day, two members trained part-way answered 84.4 % of validation right, the
-    first member trained in full alone 85.9 %: README, Training). Under torchrun
-    rank 0 decides for every rank: each has its own clock, and all must train the same members."""
+    first member trained in full alone 85.9 %: README, Training), and says so in the log, with the
+    figures it decided on. Under torchrun rank 0 decides for every rank: each has its own clock, and
+    all must train the same members."""
     if number == 0 or not member.max_wall_minutes:
         return True
-    spent = time.monotonic() - started
-    return rank_zeros(member.max_wall_minutes * 60 - spent >= spent / number)
+    spent = (time.monotonic() - started) / 60
+    left = member.max_wall_minutes - spent
+    if rank_zeros(left >= spent / number):
+        return True
+    if is_main_process():
+        log.warning("%d of %d ensemble members trained: %.1f of the %g minutes of train.max_wall_minutes are left, "
+                    "and a member took %.1f on this machine, so a further one would not finish its schedule "
+                    "(train.max_wall_minutes: 0 trains them all)", number, members, left, member.max_wall_minutes,
+                    spent / number)
+    return False
 
 
 def rank_zeros(flag: bool) -> bool:
