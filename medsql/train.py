@@ -100,7 +100,7 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     started = time.monotonic()
     if not main_rank:
         for number, member in enumerate(members):
-            if not member_starts(member, started, number, len(members)):
+            if not member_starts(member, started, number):
                 break
             trained = train_member(member, preprocess, meta, minutes_left(member, started))
         return trained.summary  # the Trainer saves checkpoints on rank 0 only
@@ -108,7 +108,7 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
         mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
         trained = []
         for number, member in enumerate(members):
-            if not member_starts(member, started, number, len(members)):
+            if not member_starts(member, started, number):
                 break
             # The first member trains in the stage's run; each further one in a run of its own nested
             # under it (its seed is a parameter, and an MLflow run's parameters never change).
@@ -116,7 +116,7 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
                                    tags=process_tags()) if number else contextlib.nullcontext()):
                 trained.append(train_member(member, preprocess, meta, minutes_left(member, started)))
         first = trained[0]
-        summary = ensemble_summary(trained, len(members))
+        summary = ensemble_summary(trained, train.ensemble_members)
         calibration = calibrate([(t.model, t.tokenizer) for t in trained], meta, first.values, first.val_rows)
         summary["calibration_brier"] = calibration.brier if calibration else None
         save_outputs(trained, train, meta, summary, active.info.run_id, calibration)
@@ -142,7 +142,7 @@ def minutes_left(member: TrainConfig, started: float) -> float:
     return max(left, MIN_WALL_MINUTES)
 
 
-def member_starts(member: TrainConfig, started: float, number: int, members: int) -> bool:
+def member_starts(member: TrainConfig, started: float, number: int) -> bool:
     """Whether member `number` trains: the first always, and a further one where no limit is set or
     the time left of `max_wall_minutes` is at least what the members before it took each, on
     average, so that it too can finish its schedule. On a machine too slow for that the stage keeps
@@ -160,8 +160,8 @@ def member_starts(member: TrainConfig, started: float, number: int, members: int
     if is_main_process():
         log.warning("%d of %d ensemble members trained: %.1f of the %g minutes of train.max_wall_minutes are left, "
                     "and a member took %.1f on this machine, so a further one would not finish its schedule "
-                    "(train.max_wall_minutes: 0 trains them all)", number, members, left, member.max_wall_minutes,
-                    spent / number)
+                    "(train.max_wall_minutes: 0 trains them all)", number, member.ensemble_members, left,
+                    member.max_wall_minutes, spent / number)
     return False
 
 
@@ -209,15 +209,15 @@ def train_member(train: TrainConfig, preprocess: PreprocessConfig, meta: dict[st
     return Trained(train.seed, trainer.model, tokenizer, rows, val_rows, values, summary, history, run_dir)
 
 
-def ensemble_summary(trained: list[Trained], members: int) -> dict[str, Any]:
+def ensemble_summary(trained: list[Trained], ensemble_members: int) -> dict[str, Any]:
     """The first member's summary; with more members, the training time of all and each one's own;
-    with fewer trained than `members` (the wall-clock limit: `member_starts`), how many were."""
+    with fewer trained than `ensemble_members` (the wall-clock limit: `member_starts`), how many were."""
     summary = dict(trained[0].summary)
     if len(trained) > 1:
         summary["train_seconds"] = round(sum(t.summary["train_seconds"] for t in trained), 1)
         summary["members"] = [{"seed": t.seed} | {k: v for k, v in t.summary.items() if k != "augmentation"}
                               for t in trained]
-    if len(trained) < members:
+    if len(trained) < ensemble_members:
         summary["ensemble_members_trained"] = len(trained)
     return summary
 

@@ -108,16 +108,16 @@ def test_each_member_may_use_all_the_time_left_and_a_further_one_starts_only_if_
     assert minutes_left(settings[2], now - 15 * 60) == MIN_WALL_MINUTES  # a resumed run past the limit
     assert minutes_left(unlimited[0], now) == 0  # no limit
 
-    assert member_starts(settings[0], now - 60 * 60, 0, 3)  # the first always trains
-    assert member_starts(settings[1], now - 5 * 60, 1, 3)  # one member took 5 minutes: 7 are left
+    assert member_starts(settings[0], now - 60 * 60, 0)  # the first always trains
+    assert member_starts(settings[1], now - 5 * 60, 1)  # one member took 5 minutes: 7 are left
     assert "ensemble members trained" not in caplog.text
-    assert not member_starts(settings[1], now - 7 * 60, 1, 3)  # one took 7: the 5 left would not do
+    assert not member_starts(settings[1], now - 7 * 60, 1)  # one took 7: the 5 left would not do
     assert "1 of 3 ensemble members trained: 5.0 of the 12 minutes" in caplog.text
     assert "a member took 7.0 on this machine" in caplog.text
-    assert member_starts(settings[2], now - 7 * 60, 2, 3)  # two took 3.5 each: 5 are left
-    assert not member_starts(settings[2], now - 9 * 60, 2, 3)  # 4.5 each, 3 left
+    assert member_starts(settings[2], now - 7 * 60, 2)  # two took 3.5 each: 5 are left
+    assert not member_starts(settings[2], now - 9 * 60, 2)  # 4.5 each, 3 left
     assert "2 of 3 ensemble members trained: 3.0 of the 12 minutes" in caplog.text
-    assert member_starts(unlimited[1], now - 10 ** 6, 1, 2)  # no limit: every member trains
+    assert member_starts(unlimited[1], now - 10 ** 6, 1)  # no limit: every member trains
 
 
 def test_a_machine_too_slow_for_every_member_inside_the_limit_trains_fewer_and_says_so(tiny_project, caplog) -> None:
