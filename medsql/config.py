@@ -214,7 +214,7 @@ class TrainConfig:
     # Models trained (seeds seed, seed+1, ...: each its own augmentation, tokenizer and initial
     # weights); the Predictor pools their beams and ranks each candidate by the members' mean
     # log-probability. Within max_wall_minutes, a further member trains only if it can finish
-    # its schedule in the time the ones before it left (medsql.train.member_starts).
+    # its schedule in the time the ones before it left (medsql.train.member_minutes).
     ensemble_members: int = _setting(1, lambda v: 1 <= v <= 8, "must be from 1 to 8")
     # The further members run their own beam search only where they give the first member's best
     # candidate less than this probability a token (they disagree) or it is not grounded; elsewhere

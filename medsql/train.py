@@ -10,7 +10,7 @@ The training pairs are augmented (deterministically, from `train.seed`): value-s
 the validation split (medsql.confidence) and shipped in the model folder.
 With `ensemble_members` above 1, the stage trains that many models one after another, seeds
 `seed`, `seed`+1, ... (each its own augmentation, tokenizer and initial weights; a further one
-only where the time `max_wall_minutes` leaves lets it finish, `member_starts`); the first is the
+only where the time `max_wall_minutes` leaves lets it finish, `member_minutes`); the first is the
 model folder's own, the others go to its members/ folder, and
 the Predictor ranks the candidates of all their beams by the members' mean log-probability. The
 calibration is fitted on the ensemble's answers.
@@ -100,21 +100,21 @@ def run(train: TrainConfig, preprocess: PreprocessConfig) -> dict[str, Any]:
     started = time.monotonic()
     if not main_rank:
         for number, member in enumerate(members):
-            if not member_starts(member, started, number):
+            if (minutes := member_minutes(member, started, number)) is None:
                 break
-            trained = train_member(member, preprocess, meta, minutes_left(member, started))
+            trained = train_member(member, preprocess, meta, minutes)
         return trained.summary  # the Trainer saves checkpoints on rank 0 only
     with mlflow.start_run(run_name=meta["name"], tags=process_tags()) as active:
         mlflow.log_params({f"medsql.{k}": v for k, v in flatten(as_dict(train)).items() if v is not None})
         trained = []
         for number, member in enumerate(members):
-            if not member_starts(member, started, number):
+            if (minutes := member_minutes(member, started, number)) is None:
                 break
             # The first member trains in the stage's run; each further one in a run of its own nested
             # under it (its seed is a parameter, and an MLflow run's parameters never change).
             with (mlflow.start_run(run_name=f"{meta['name']}-seed-{member.seed}", nested=True,
                                    tags=process_tags()) if number else contextlib.nullcontext()):
-                trained.append(train_member(member, preprocess, meta, minutes_left(member, started)))
+                trained.append(train_member(member, preprocess, meta, minutes))
         first = trained[0]
         summary = ensemble_summary(trained, train.ensemble_members)
         calibration = calibrate([(t.model, t.tokenizer) for t in trained], meta, first.values, first.val_rows)
@@ -132,37 +132,31 @@ def member_settings(train: TrainConfig) -> list[TrainConfig]:
     return [dataclasses.replace(train, seed=train.seed + number) for number in range(train.ensemble_members)]
 
 
-def minutes_left(member: TrainConfig, started: float) -> float:
-    """Minutes the member may train (0: no limit): all that the members before it left of
-    `max_wall_minutes`. A member whose steps keep ahead of that clock trains its whole schedule, step
-    for step, and comes out the same model on any machine fast enough (`wall_clock_limit`)."""
+def member_minutes(member: TrainConfig, started: float, number: int) -> float | None:
+    """The minutes member `number` may train (0: no limit), or None where it does not train.
+
+    With `max_wall_minutes` set, a member may use all the time the members before it left of it. A
+    member whose steps keep ahead of that clock trains its whole schedule, step for step, and comes
+    out the same model on any machine fast enough (`wall_clock_limit`). The first member always
+    trains; a further one only where the time left is at least what the members before it took each,
+    on average, so that it too can finish its schedule. On a machine too slow for that the stage
+    keeps the members it has, each trained in full and the same on any day, rather than train them
+    all part-way (on one slow day, two members trained part-way answered 84.4 % of validation right,
+    the first member trained in full alone 85.9 %: README, Training), and says so in the log, with
+    the figures it decided on. Under torchrun rank 0 decides for every rank: each has its own clock,
+    and all must train the same members."""
     if not member.max_wall_minutes:
         return 0
-    left = member.max_wall_minutes - (time.monotonic() - started) / 60
-    return max(left, MIN_WALL_MINUTES)
-
-
-def member_starts(member: TrainConfig, started: float, number: int) -> bool:
-    """Whether member `number` trains: the first always, and a further one where no limit is set or
-    the time left of `max_wall_minutes` is at least what the members before it took each, on
-    average, so that it too can finish its schedule. On a machine too slow for that the stage keeps
-    the members it has, each trained in full and the same on any day, rather than train them all
-    part-way (on one slow day, two members trained part-way answered 84.4 % of validation right, the
-    first member trained in full alone 85.9 %: README, Training), and says so in the log, with the
-    figures it decided on. Under torchrun rank 0 decides for every rank: each has its own clock, and
-    all must train the same members."""
-    if number == 0 or not member.max_wall_minutes:
-        return True
     spent = (time.monotonic() - started) / 60
     left = member.max_wall_minutes - spent
-    if rank_zeros(left >= spent / number):
-        return True
-    if is_main_process():
-        log.warning("%d of %d ensemble members trained: %.1f of the %g minutes of train.max_wall_minutes are left, "
-                    "and a member took %.1f on this machine, so a further one would not finish its schedule "
-                    "(train.max_wall_minutes: 0 trains them all)", number, member.ensemble_members, left,
-                    member.max_wall_minutes, spent / number)
-    return False
+    if number and not rank_zeros(left >= spent / number):
+        if is_main_process():
+            log.warning("%d of %d ensemble members trained: %.1f of the %g minutes of train.max_wall_minutes are "
+                        "left, and a member took %.1f on this machine, so a further one would not finish its "
+                        "schedule (train.max_wall_minutes: 0 trains them all)", number, member.ensemble_members,
+                        left, member.max_wall_minutes, spent / number)
+        return None
+    return max(left, MIN_WALL_MINUTES)
 
 
 def rank_zeros(flag: bool) -> bool:
@@ -211,12 +205,11 @@ def train_member(train: TrainConfig, preprocess: PreprocessConfig, meta: dict[st
 
 def ensemble_summary(trained: list[Trained], ensemble_members: int) -> dict[str, Any]:
     """The first member's summary; with more members, the training time of all and each one's own;
-    with fewer trained than `ensemble_members` (the wall-clock limit: `member_starts`), how many were."""
+    with fewer trained than `ensemble_members` (the wall-clock limit: `member_minutes`), how many were."""
     summary = dict(trained[0].summary)
     if len(trained) > 1:
         summary["train_seconds"] = round(sum(t.summary["train_seconds"] for t in trained), 1)
-        summary["members"] = [{"seed": t.seed} | {k: v for k, v in t.summary.items() if k != "augmentation"}
-                              for t in trained]
+        summary["members"] = [{"seed": t.seed} | t.summary for t in trained]
     if len(trained) < ensemble_members:
         summary["ensemble_members_trained"] = len(trained)
     return summary

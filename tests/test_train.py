@@ -87,6 +87,9 @@ def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> Non
     member_dir = model_dir / "members" / f"seed-{seed + 1}"
     assert (member_dir / "model.safetensors").is_file() and (member_dir / "tokenizer.json").is_file()
     assert [m["seed"] for m in summary["members"]] == [seed, seed + 1]
+    # Each member's own augmentation (from its seed) is counted beside its training figures.
+    assert all(m["augmentation"]["phrasings"]["pairs"] > 0 for m in summary["members"])
+    assert summary["members"][0]["augmentation"] == summary["augmentation"]
     assert summary["train_seconds"] == pytest.approx(sum(m["train_seconds"] for m in summary["members"]), abs=0.2)
     nested = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert [r.data.params["seed"] for r in nested] == [str(seed + 1)]
@@ -96,28 +99,28 @@ def test_embedded_profile_trains_logs_to_mlflow_and_answers(tiny_project) -> Non
 
 def test_each_member_may_use_all_the_time_left_and_a_further_one_starts_only_if_it_can_finish(caplog) -> None:
     from medsql.config import TrainConfig
-    from medsql.train import MIN_WALL_MINUTES, member_settings, member_starts, minutes_left
+    from medsql.train import MIN_WALL_MINUTES, member_minutes, member_settings
 
     settings = member_settings(TrainConfig(seed=7, ensemble_members=3, max_wall_minutes=12))
     assert [s.seed for s in settings] == [7, 8, 9]
     unlimited = member_settings(TrainConfig(ensemble_members=2, max_wall_minutes=0))
     now = time.monotonic()
-    assert minutes_left(settings[0], now) == pytest.approx(12, abs=0.01)
+    assert member_minutes(settings[0], now, 0) == pytest.approx(12, abs=0.01)
     # The first member stopped after 3 minutes: the next may use the 9 left.
-    assert minutes_left(settings[1], now - 180) == pytest.approx(9, abs=0.01)
-    assert minutes_left(settings[2], now - 15 * 60) == MIN_WALL_MINUTES  # a resumed run past the limit
-    assert minutes_left(unlimited[0], now) == 0  # no limit
+    assert member_minutes(settings[1], now - 180, 1) == pytest.approx(9, abs=0.01)
+    # The first always trains: a resumed run past the limit gives it the least time.
+    assert member_minutes(settings[0], now - 15 * 60, 0) == MIN_WALL_MINUTES
+    assert member_minutes(unlimited[0], now, 0) == 0  # no limit
 
-    assert member_starts(settings[0], now - 60 * 60, 0)  # the first always trains
-    assert member_starts(settings[1], now - 5 * 60, 1)  # one member took 5 minutes: 7 are left
+    assert member_minutes(settings[1], now - 5 * 60, 1) == pytest.approx(7, abs=0.01)  # one took 5: 7 are left
     assert "ensemble members trained" not in caplog.text
-    assert not member_starts(settings[1], now - 7 * 60, 1)  # one took 7: the 5 left would not do
+    assert member_minutes(settings[1], now - 7 * 60, 1) is None  # one took 7: the 5 left would not do
     assert "1 of 3 ensemble members trained: 5.0 of the 12 minutes" in caplog.text
     assert "a member took 7.0 on this machine" in caplog.text
-    assert member_starts(settings[2], now - 7 * 60, 2)  # two took 3.5 each: 5 are left
-    assert not member_starts(settings[2], now - 9 * 60, 2)  # 4.5 each, 3 left
+    assert member_minutes(settings[2], now - 7 * 60, 2) == pytest.approx(5, abs=0.01)  # two took 3.5 each: 5 left
+    assert member_minutes(settings[2], now - 9 * 60, 2) is None  # 4.5 each, 3 left
     assert "2 of 3 ensemble members trained: 3.0 of the 12 minutes" in caplog.text
-    assert member_starts(unlimited[1], now - 10 ** 6, 1)  # no limit: every member trains
+    assert member_minutes(unlimited[1], now - 10 ** 6, 1) == 0  # no limit: every member trains, unbounded
 
 
 def test_a_machine_too_slow_for_every_member_inside_the_limit_trains_fewer_and_says_so(tiny_project, caplog) -> None:
